@@ -1,1 +1,39 @@
-pub fn placeholder() {}
+//! nexus-sidecar: an authenticating reverse proxy that runs next to an application.
+//!
+//! The application sends plain HTTP to `127.0.0.1:PORT`; the sidecar obtains an access token
+//! for the upstream API, keeps it fresh, injects `Authorization: Bearer …`, forwards the
+//! request over HTTPS, and on a 401 fetches a fresh token and replays the request once.
+//!
+//! # Architecture
+//!
+//! In the order a request meets them:
+//!
+//! - [`config`]: the TOML file, presets and validation (nothing starts on an invalid one).
+//! - [`secret`]: secret values whose `Debug`/`Display` are masks, and where they come from.
+//! - [`server`]: listeners, HTTP/1.1 and h2c connections, graceful shutdown.
+//! - [`proxy`]: the request path — route, prepare headers, authorize, send, re-authorize on
+//!   401 and replay once, respond.
+//! - [`headers`]: pure functions over header maps (hop-by-hop, `Authorization`, scope).
+//! - [`body`]: buffer small request bodies for replay, stream the rest.
+//! - [`token`]: the token lifecycle — moka cache, single flight, refresh ahead, backoff — and
+//!   the token requests of each flow.
+//! - [`client`]: the pooled HTTPS client (rustls, HTTP/1.1 and h2 by ALPN).
+//! - [`error`]: the sidecar's own failures and their JSON responses.
+//! - [`standin`]: local stand-ins for the five token APIs and an API behind them, used by
+//!   `demo` and the tests.
+//! - [`demo`]: `nexus-sidecar demo`, the product running against the stand-ins.
+
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod standin;
+pub mod token;
+
+pub use config::Config;
+pub use server::Sidecar;

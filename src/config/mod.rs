@@ -1,0 +1,268 @@
+//! Configuration: the TOML file, presets, and validation into typed values.
+//!
+//! [`Config::from_toml`] is the whole pipeline: parse with `deny_unknown_fields` (`raw`), fill
+//! presets (`preset`), then validate every upstream and resolve every secret (`validate`). A
+//! `Config` that exists is valid: nothing binds, connects or fetches before that. This module
+//! does not watch files or reload; it only reads.
+
+mod preset;
+mod raw;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, StatusCode, Uri};
+
+pub use raw::{ClientAuth, FlowKind, LogFormat, Preset};
+
+use crate::secret::LoadedSecret;
+
+/// Default `retry_on`: the statuses that trigger re-authentication and one replay.
+pub const DEFAULT_RETRY_ON: &[u16] = &[401];
+/// Default `max_replay_body`: request bodies up to this are buffered so they can be replayed.
+pub const DEFAULT_MAX_REPLAY_BODY: u64 = 1024 * 1024;
+/// Default `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `request_timeout`: the whole upstream exchange until response headers arrive.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `min_refresh_interval`: at most one token request per upstream this often.
+pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `token_lifetime`: used when a token carries neither `expires_in` nor a JWT `exp`.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Default `timeout` of one token request, connect to last byte.
+pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `[log] level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// A valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[admin]`, if present.
+    pub admin: Option<AdminConfig>,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[[upstream]]`, in file order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Things that are allowed but deserve an operator's attention (literal secrets, plain
+    /// http to a remote host). Logged once tracing is up.
+    pub warnings: Vec<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// One `[[upstream]]`: a listener, the API behind it, and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub target: Target,
+    /// Static headers added to every forwarded request.
+    pub headers: HeaderMap,
+    pub retry_on: Vec<StatusCode>,
+    pub max_replay_body: u64,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+}
+
+/// Where requests go: `scheme://authority[/base-path]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Prefixed to every request path; empty or starting with `/`, never ending with `/`.
+    pub base_path: String,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// `[upstream.auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub flow: Flow,
+    /// `None`: 20% of the token's lifetime, at most [`crate::token::MAX_DEFAULT_REFRESH_BEFORE`].
+    pub refresh_before: Option<Duration>,
+    pub min_refresh_interval: Duration,
+    pub token_lifetime: Duration,
+    /// One token request, connect to last byte.
+    pub timeout: Duration,
+}
+
+/// How the token is obtained, with the settings each flow needs and no others.
+#[derive(Debug, Clone)]
+pub enum Flow {
+    /// OAuth2 `client_credentials` (RFC 6749 §4.4).
+    ClientCredentials(ClientCredentials),
+    /// OAuth2 `password` (RFC 6749 §4.3), refreshed with `refresh_token` (§6).
+    Password(PasswordGrant),
+    /// NexusHub's JSON `/authenticate` and `/refresh`.
+    NexusHub(NexusHubLogin),
+    /// A fixed token.
+    Static(LoadedSecret),
+    /// No authentication: the sidecar only forwards.
+    None,
+}
+
+/// Settings of the `client_credentials` flow.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub token_url: Uri,
+    pub client: Client,
+    pub scope: Option<String>,
+    pub extra_params: Vec<(String, String)>,
+}
+
+/// An OAuth2 client and how it authenticates at the token endpoint.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: LoadedSecret,
+    pub secret: LoadedSecret,
+    pub auth: ClientAuth,
+}
+
+/// Settings of the `password` flow.
+#[derive(Debug, Clone)]
+pub struct PasswordGrant {
+    pub token_url: Uri,
+    pub username: LoadedSecret,
+    pub password: LoadedSecret,
+    /// Base32 RFC 6238 secret; a fresh code goes with every password grant.
+    pub totp_secret: Option<LoadedSecret>,
+    /// Some servers also want the client authenticated on a password grant.
+    pub client: Option<Client>,
+    pub scope: Option<String>,
+    pub extra_params: Vec<(String, String)>,
+}
+
+/// Settings of the `nexushub` flow.
+#[derive(Debug, Clone)]
+pub struct NexusHubLogin {
+    /// Base URL, as configured.
+    pub auth_url: Uri,
+    /// `{auth_url}/authenticate`.
+    pub authenticate_url: Uri,
+    /// `{auth_url}/refresh`.
+    pub refresh_url: Uri,
+    pub user_key: LoadedSecret,
+    pub user_secret: LoadedSecret,
+}
+
+impl Flow {
+    /// The flow's name as written in `flow = "..."`.
+    pub fn kind(&self) -> FlowKind {
+        match self {
+            Flow::ClientCredentials(_) => FlowKind::ClientCredentials,
+            Flow::Password(_) => FlowKind::Password,
+            Flow::NexusHub(_) => FlowKind::Nexushub,
+            Flow::Static(_) => FlowKind::Static,
+            Flow::None => FlowKind::None,
+        }
+    }
+
+    /// The URL tokens come from, for flows that have one.
+    pub fn token_endpoint(&self) -> Option<&Uri> {
+        match self {
+            Flow::ClientCredentials(c) => Some(&c.token_url),
+            Flow::Password(p) => Some(&p.token_url),
+            Flow::NexusHub(n) => Some(&n.auth_url),
+            Flow::Static(_) | Flow::None => None,
+        }
+    }
+}
+
+impl FlowKind {
+    /// The name as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowKind::ClientCredentials => "client_credentials",
+            FlowKind::Password => "password",
+            FlowKind::Nexushub => "nexushub",
+            FlowKind::Static => "static",
+            FlowKind::None => "none",
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syntax, types and unknown keys; toml's message names the line, the key and what was
+    /// expected.
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid configuration:{}", Problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One thing wrong with a configuration that parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line in the file.
+    pub line: usize,
+    /// Dotted path of the key, such as `upstream.nuvy.auth.token_url`.
+    pub key: String,
+    pub message: String,
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in self.0 {
+            write!(f, "\n  line {}: `{}`: {}", p.line, p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text)?;
+        validate::validate(raw, text)
+    }
+
+    /// The upstream called `name`.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+/// `PATH` is set wherever tests run, so `{ env = "PATH" }` resolves without touching the
+/// process environment.
+const CREDS: &str = r#"client_id = { env = "PATH" }
+client_secret = "literal-secret-value""#;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text)
+}
+
+fn err(text: &str) -> String {
+    load(text).unwrap_err().to_string()
+}
+
+#[test]
+fn preset_config_is_three_lines_plus_credentials() {
+    let c = load(&format!(
+        "[[upstream]]\nname = \"nuvy\"\npreset = \"nuvy-nexus\"\nenvironment = \"qa\"\nlisten = \"8081\"\n[upstream.auth]\n{CREDS}\n"
+    ))
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.listen, "127.0.0.1:8081".parse().unwrap());
+    assert_eq!(format!("{:?}", u.target), "https://qa.api.nuvy.ai");
+    let Flow::ClientCredentials(cc) = &u.auth.flow else {
+        panic!("wrong flow")
+    };
+    assert_eq!(cc.token_url, "https://qa.api.nuvy.ai/nexus/oauth2/token");
+    assert_eq!(cc.client.auth, ClientAuth::Basic);
+    assert_eq!(u.retry_on, [StatusCode::UNAUTHORIZED]);
+    assert_eq!(u.max_replay_body, DEFAULT_MAX_REPLAY_BODY);
+    assert_eq!(u.auth.min_refresh_interval, DEFAULT_MIN_REFRESH_INTERVAL);
+    // The literal secret is allowed, with a warning that does not repeat it.
+    assert_eq!(c.warnings.len(), 1);
+    assert!(c.warnings[0].contains("client_secret"));
+    assert!(!c.warnings[0].contains("literal-secret-value"));
+    assert!(!format!("{c:?}").contains("literal-secret-value"));
+}
+
+#[test]
+fn unknown_keys_name_the_key_the_line_and_the_alternatives() {
+    let e = err(
+        "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\ntimeout = \"5s\"\n",
+    );
+    assert!(e.contains("line 5"), "{e}");
+    assert!(e.contains("unknown field `timeout`"), "{e}");
+    assert!(e.contains("request_timeout"), "{e}");
+    let e =
+        err("[log]\nlevel = \"info\"\nformt = \"json\"\n[[upstream]]\nname=\"a\"\nlisten=\"1\"\n");
+    assert!(e.contains("line 3") && e.contains("formt"), "{e}");
+}
+
+#[test]
+fn durations_and_sizes_must_carry_units() {
+    let base = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n";
+    let e = err(&format!("{base}request_timeout = \"30\"\n"));
+    assert!(e.contains("line 5") && e.contains("give a unit"), "{e}");
+    let e = err(&format!("{base}max_replay_body = \"1024\"\n"));
+    assert!(e.contains("give a unit"), "{e}");
+}
+
+#[test]
+fn validation_collects_every_problem_with_lines() {
+    let text = r#"
+[admin]
+listen = "9901"
+
+[[upstream]]
+name = "Bad Name"
+listen = "9901"
+target = "ftp://x"
+[upstream.auth]
+flow = "client_credentials"
+token_url = "https://user:pw@idp/token"
+client_id = { env = "NEXUS_SIDECAR_TEST_SURELY_UNSET" }
+client_secret = { file = "/nonexistent/nexus/secret" }
+username = "x"
+
+[[upstream]]
+name = "b"
+listen = "127.0.0.1:9902"
+target = "https://api.example/v1/"
+retry_on = [200]
+[upstream.auth]
+flow = "password"
+token_url = "https://idp.example/token"
+"#;
+    let ConfigError::Invalid(problems) = load(text).unwrap_err() else {
+        panic!("expected validation problems")
+    };
+    let find = |key: &str| {
+        problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem for {key}: {problems:#?}"))
+    };
+    assert_eq!(find("upstream.name").line, 6);
+    assert!(find("upstream.Bad Name.listen")
+        .message
+        .contains("already the listen address of `admin`"));
+    assert!(find("upstream.Bad Name.target")
+        .message
+        .contains("scheme must be https or http"));
+    assert!(find("upstream.Bad Name.auth.token_url")
+        .message
+        .contains("credentials"));
+    let unset = find("upstream.Bad Name.auth.client_id");
+    assert_eq!(unset.line, 12);
+    assert!(unset.message.contains("NEXUS_SIDECAR_TEST_SURELY_UNSET"));
+    assert!(find("upstream.Bad Name.auth.client_secret")
+        .message
+        .contains("/nonexistent/nexus/secret"));
+    assert!(find("upstream.Bad Name.auth.username")
+        .message
+        .contains("does not belong to flow `client_credentials`"));
+    assert!(find("upstream.b.retry_on").message.contains("200"));
+    assert!(find("upstream.b.auth.username")
+        .message
+        .contains("needs `username`"));
+    assert!(find("upstream.b.auth.password")
+        .message
+        .contains("needs `password`"));
+}
+
+#[test]
+fn duplicate_names_and_listen_addresses() {
+    let one = |port: u16| {
+        format!("[[upstream]]\nname = \"a\"\nlisten = \"{port}\"\ntarget = \"https://x\"\n[upstream.auth]\nflow = \"none\"\n")
+    };
+    let e = err(&format!("{}{}", one(1), one(1)));
+    assert!(e.contains("duplicate upstream name"), "{e}");
+    assert!(e.contains("already the listen address of `a`"), "{e}");
+}
+
+#[test]
+fn presets_need_their_environment_and_explicit_keys_win() {
+    let e = err("[[upstream]]\nname = \"q\"\npreset = \"quantoz\"\nlisten = \"1\"\n[upstream.auth]\nclient_id = \"i\"\nclient_secret = \"s\"\n");
+    assert!(
+        e.contains("needs `environment`, one of: test, production"),
+        "{e}"
+    );
+    let c = load(&format!(
+        "[[upstream]]\nname = \"q\"\npreset = \"quantoz\"\nenvironment = \"production\"\nlisten = \"1\"\n[upstream.auth]\nscope = \"api1 extra\"\n{CREDS}\n"
+    ))
+    .unwrap();
+    let Flow::ClientCredentials(cc) = &c.upstreams[0].auth.flow else {
+        panic!("wrong flow")
+    };
+    assert_eq!(cc.token_url, "https://identity.quantoz.com/connect/token");
+    assert_eq!(cc.scope.as_deref(), Some("api1 extra"));
+    assert_eq!(cc.client.auth, ClientAuth::Body);
+    assert_eq!(
+        format!("{:?}", c.upstreams[0].target),
+        "https://api.quantoz.com"
+    );
+}
+
+#[test]
+fn nexudus_and_nexushub_presets() {
+    let c = load(
+        r#"
+[[upstream]]
+name = "nexudus"
+preset = "nexudus"
+listen = "1"
+target = "https://coworking.spaces.nexudus.com"
+[upstream.auth]
+username = "u@example.com"
+password = "p"
+totp_secret = "JBSWY3DPEHPK3PXP"
+
+[[upstream]]
+name = "hub"
+preset = "nexushub"
+listen = "2"
+target = "https://api.nexushub.co"
+[upstream.auth]
+user_key = "k"
+user_secret = "s"
+token_lifetime = "50m"
+"#,
+    )
+    .unwrap();
+    let Flow::Password(p) = &c.upstreams[0].auth.flow else {
+        panic!("wrong flow")
+    };
+    assert_eq!(
+        p.token_url,
+        "https://coworking.spaces.nexudus.com/api/token"
+    );
+    assert!(p.totp_secret.is_some());
+    let Flow::NexusHub(n) = &c.upstreams[1].auth.flow else {
+        panic!("wrong flow")
+    };
+    assert_eq!(n.authenticate_url, "https://auth.nexushub.co/authenticate");
+    assert_eq!(n.refresh_url, "https://auth.nexushub.co/refresh");
+    assert_eq!(
+        c.upstreams[1].auth.token_lifetime,
+        Duration::from_secs(3000)
+    );
+}
+
+#[test]
+fn bad_totp_secret_is_refused() {
+    let e = err("[[upstream]]\nname = \"n\"\nlisten = \"1\"\ntarget = \"https://x\"\n[upstream.auth]\nflow = \"password\"\ntoken_url = \"https://x/api/token\"\nusername = \"u\"\npassword = \"p\"\ntotp_secret = \"not base32!\"\n");
+    assert!(e.contains("base32"), "{e}");
+    assert!(
+        !e.contains("not base32!"),
+        "the seed itself must not be echoed: {e}"
+    );
+}
+
+#[test]
+fn static_headers_are_checked() {
+    let base = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n";
+    let e = err(&format!(
+        "{base}headers = {{ authorization = \"Bearer x\" }}\n[upstream.auth]\nflow = \"none\"\n"
+    ));
+    assert!(e.contains("managed by the sidecar"), "{e}");
+    let c = load(&format!(
+        "{base}headers = {{ request_iso8601 = \"true\" }}\n[upstream.auth]\nflow = \"none\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].headers["request_iso8601"], "true");
+}
+
+#[test]
+fn plain_http_is_allowed_with_a_warning_unless_loopback() {
+    let one = |target: &str| {
+        format!("[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"{target}\"\n[upstream.auth]\nflow = \"none\"\n")
+    };
+    assert!(load(&one("http://127.0.0.1:9000"))
+        .unwrap()
+        .warnings
+        .is_empty());
+    let c = load(&one("http://api.example")).unwrap();
+    assert!(c.warnings[0].contains("plain http"), "{:?}", c.warnings);
+}
+
+#[test]
+fn an_empty_file_is_refused() {
+    assert!(err("").contains("no `[[upstream]]`"));
+}
+
+#[test]
+fn listen_forms() {
+    use validate::parse_listen;
+    assert_eq!(
+        parse_listen("8081").unwrap(),
+        "127.0.0.1:8081".parse().unwrap()
+    );
+    assert_eq!(
+        parse_listen("localhost:8081").unwrap(),
+        "127.0.0.1:8081".parse().unwrap()
+    );
+    assert_eq!(
+        parse_listen("0.0.0.0:80").unwrap(),
+        "0.0.0.0:80".parse().unwrap()
+    );
+    assert_eq!(
+        parse_listen("[::1]:8081").unwrap(),
+        "[::1]:8081".parse().unwrap()
+    );
+    assert!(parse_listen("nope")
+        .unwrap_err()
+        .contains("expected a port"));
+}

@@ -1,0 +1,252 @@
+//! The request path: route → prepare headers → authorize → send → on 401 re-authorize and
+//! resend once → respond.
+//!
+//! [`handle`] never fails: it logs once and turns a [`ProxyError`] into the JSON of §3.4.
+//! [`forward`] is the path itself, plain async code using `?`. Token policy lives in
+//! `token`, header rules in `headers`, body buffering in `body`; this module only decides
+//! the order of things.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{self, Prepared, ProxyBody, ResponseBody};
+use crate::client::HttpClient;
+use crate::config::{Target, UpstreamConfig};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::token::{Reauth, Token, TokenSource};
+
+/// Everything the request path needs for one upstream, built once and shared.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    target: Target,
+    headers: HeaderMap,
+    retry_on: Vec<StatusCode>,
+    max_replay_body: u64,
+    request_timeout: Duration,
+    /// Authorities an absolute-form request may name: this listener and the target.
+    own_authorities: Vec<Authority>,
+    pub tokens: Arc<TokenSource>,
+    client: HttpClient,
+}
+
+impl Upstream {
+    /// Assembles an upstream listening on `local` (the bound address, port 0 resolved).
+    pub fn new(
+        config: &UpstreamConfig,
+        local: SocketAddr,
+        tokens: Arc<TokenSource>,
+        client: HttpClient,
+    ) -> Upstream {
+        let own_authorities = [local.to_string(), format!("localhost:{}", local.port())]
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .chain([config.target.authority.clone()])
+            .collect();
+        Upstream {
+            name: config.name.as_str().into(),
+            target: config.target.clone(),
+            headers: config.headers.clone(),
+            retry_on: config.retry_on.clone(),
+            max_replay_body: config.max_replay_body,
+            request_timeout: config.request_timeout,
+            own_authorities,
+            tokens,
+            client,
+        }
+    }
+}
+
+/// What became of one request, for the log line.
+struct Outcome {
+    response: Response<ResponseBody>,
+    replayed: bool,
+}
+
+/// Serves one application request. Never fails.
+pub async fn handle(
+    upstream: Arc<Upstream>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = tracing::enabled!(tracing::Level::INFO).then(|| request.uri().path().to_owned());
+    let (response, replayed, error) = match forward(&upstream, request).await {
+        Ok(o) => (o.response, o.replayed, None),
+        Err(e) => (e.to_response(&upstream.name), false, Some(e)),
+    };
+    let status = response.status().as_u16();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let path = path.as_deref().unwrap_or("");
+    match error {
+        Some(error) => {
+            tracing::warn!(upstream = &*upstream.name, %method, path, status, duration_ms, replayed, %error, "request failed")
+        }
+        None => {
+            tracing::info!(upstream = &*upstream.name, %method, path, status, duration_ms, replayed, "request")
+        }
+    }
+    Ok(response)
+}
+
+/// The request path proper.
+async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    route(up, &parts)?;
+    let uri = upstream_uri(&up.target, &parts.uri)?;
+    headers::prepare_request(&mut parts.headers, &up.headers, up.tokens.authenticates());
+    let body = body::prepare(body, up.max_replay_body)
+        .await
+        .map_err(ProxyError::ReadBody)?;
+    let token = up.tokens.token().await?;
+
+    let (first_body, replay) = match body {
+        Prepared::Replayable(bytes) => (ProxyBody::full(bytes.clone()), Some(bytes)),
+        Prepared::Streaming(stream) => (stream, None),
+    };
+    let first = send(up, &parts, &uri, first_body, token.as_deref()).await?;
+    let Some(used) = token.filter(|_| needs_reauth(up, &first)) else {
+        return Ok(respond(first, false));
+    };
+    let Some(replay) = replay else {
+        // Streamed bodies are gone: the 401 goes to the app, the token goes from the cache.
+        up.tokens.reject(&used);
+        return Ok(respond(first, false));
+    };
+    match up.tokens.reauthorize(&used).await? {
+        Reauth::PassThrough => Ok(respond(first, false)),
+        Reauth::Replay(fresh) => {
+            drop(first);
+            let second = send(up, &parts, &uri, ProxyBody::full(replay), Some(&*fresh)).await?;
+            Ok(respond(second, true))
+        }
+    }
+}
+
+/// Refuses what a reverse proxy for one API must not do.
+fn route(up: &Upstream, parts: &Parts) -> Result<(), ProxyError> {
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    // HTTP/1 absolute-form means the client takes us for a forward proxy; h2 always carries
+    // `:authority`, which is no such sign.
+    if parts.version < Version::HTTP_2 {
+        if let Some(authority) = parts.uri.authority() {
+            if !up.own_authorities.contains(authority) {
+                return Err(ProxyError::ForeignHost(authority.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The target's scheme and authority, its base path, then the request's path and query
+/// exactly as received (percent-encoding untouched).
+fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
+    let pq = uri.path_and_query().ok_or(ProxyError::BadTarget)?;
+    if !pq.as_str().starts_with('/') {
+        return Err(ProxyError::BadTarget);
+    }
+    let path_and_query = if target.base_path.is_empty() {
+        pq.clone()
+    } else {
+        PathAndQuery::try_from(format!("{}{}", target.base_path, pq.as_str()))
+            .map_err(|_| ProxyError::BadTarget)?
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(target.scheme.clone());
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadTarget)
+}
+
+/// One attempt upstream, bounded by `request_timeout` until the response headers arrive.
+async fn send(
+    up: &Upstream,
+    parts: &Parts,
+    uri: &Uri,
+    body: ProxyBody,
+    token: Option<&Token>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri.clone();
+    // The client upgrades to h2 when ALPN agrees; the app's own version is its business.
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+    if let Some(token) = token {
+        headers::set_authorization(request.headers_mut(), token.header());
+    }
+    match tokio::time::timeout(up.request_timeout, up.client.request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(e)),
+        Err(_) => Err(ProxyError::UpstreamTimeout(up.request_timeout)),
+    }
+}
+
+/// Whether the upstream's answer means "this token is no good" (and not "not allowed").
+fn needs_reauth(up: &Upstream, response: &Response<Incoming>) -> bool {
+    up.retry_on.contains(&response.status()) && !headers::is_insufficient_scope(response.headers())
+}
+
+fn respond(response: Response<Incoming>, replayed: bool) -> Outcome {
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    Outcome {
+        response: Response::from_parts(parts, Either::Left(body)),
+        replayed,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::uri::Scheme;
+
+    fn target(base: &str) -> Target {
+        Target {
+            scheme: Scheme::HTTPS,
+            authority: Authority::from_static("api.example"),
+            base_path: base.into(),
+        }
+    }
+
+    #[test]
+    fn uri_keeps_path_and_query_verbatim_and_prefixes_the_base() {
+        let uri: Uri = "/a%2Fb/c%20d?x=1&y=%2B".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target(""), &uri).unwrap(),
+            "https://api.example/a%2Fb/c%20d?x=1&y=%2B"
+        );
+        assert_eq!(
+            upstream_uri(&target("/v2"), &uri).unwrap(),
+            "https://api.example/v2/a%2Fb/c%20d?x=1&y=%2B"
+        );
+        let absolute: Uri = "http://127.0.0.1:8081/p?q".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target("/v2"), &absolute).unwrap(),
+            "https://api.example/v2/p?q"
+        );
+        let star: Uri = "*".parse().unwrap();
+        assert!(upstream_uri(&target(""), &star).is_err());
+    }
+
+    #[test]
+    fn bytes_of_a_replay_are_shared_not_copied() {
+        let bytes = Bytes::from_static(b"payload");
+        let a = ProxyBody::full(bytes.clone());
+        assert!(matches!(a, ProxyBody::Full(Some(ref b)) if b.as_ptr() == bytes.as_ptr()));
+    }
+}

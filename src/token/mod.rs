@@ -1,0 +1,232 @@
+//! Tokens: obtaining them, keeping them fresh, and telling the proxy which one to use.
+//!
+//! - `source`: one [`TokenSource`] per upstream over the shared moka [`TokenCache`] — single
+//!   flight, refresh ahead, compare-and-invalidate on 401, rate limit and backoff.
+//! - `flow`: the token requests of each flow (OAuth2 forms, NexusHub JSON).
+//! - `response`: lenient, bounded parsing of what token endpoints answer.
+//! - `schedule`: the pure arithmetic of expiry, refresh time and backoff.
+//! - `totp`: RFC 6238 codes for the password grant.
+//!
+//! This module knows nothing about the request being proxied; it hands out [`Token`]s.
+
+mod flow;
+mod response;
+mod schedule;
+mod source;
+pub mod totp;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+pub use schedule::MAX_DEFAULT_REFRESH_BEFORE;
+pub use source::{Reauth, TokenCache, TokenSource};
+
+/// An access token as the proxy uses it: the ready-made header and when it stops being good.
+pub struct Token {
+    /// `Bearer <token>`, marked sensitive; cloning it is a reference-count increment.
+    header: HeaderValue,
+    /// When the request that obtained it was sent (conservative: before the server saw it).
+    pub obtained_at: Instant,
+    /// Not used from this instant on (a safety margin before the real expiry).
+    pub expires_at: Instant,
+    /// A background refresh may start from this instant on.
+    pub refresh_at: Instant,
+}
+
+impl Token {
+    /// The `Authorization` value to send.
+    pub fn header(&self) -> HeaderValue {
+        self.header.clone()
+    }
+
+    /// Whether the token may still be sent at `now`.
+    pub fn is_live(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+
+    /// The token string, for `nexus-sidecar token` (and tests). Every caller prints a secret.
+    pub fn expose(&self) -> &str {
+        let value = self.header.to_str().unwrap_or_default();
+        value.strip_prefix("Bearer ").unwrap_or(value)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let now = Instant::now();
+        f.debug_struct("Token")
+            .field("token", &crate::secret::MASK)
+            .field(
+                "expires_in",
+                &self.expires_at.saturating_duration_since(now),
+            )
+            .field(
+                "refresh_in",
+                &self.refresh_at.saturating_duration_since(now),
+            )
+            .finish()
+    }
+}
+
+/// An `error` code from a token endpoint, reduced to characters that are safe to log and to
+/// return: a hostile endpoint cannot smuggle text (or a secret) through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorCode(Arc<str>);
+
+impl ErrorCode {
+    /// `None` unless `code` looks like an OAuth2 error code (RFC 6749 §5.2: printable ASCII;
+    /// we are stricter).
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        let ok = !code.is_empty()
+            && code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        ok.then(|| ErrorCode(code.into()))
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why no token could be had. Cheap to clone: one failure answers every request waiting on it.
+/// Never carries a secret, a token, or text the token endpoint chose (only its sanitised code).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// 4xx (and 501): the endpoint refused the credentials, grant or scope.
+    #[error("the token endpoint refused the request (HTTP {status}{})", code_suffix(.code))]
+    Rejected {
+        status: u16,
+        code: Option<ErrorCode>,
+    },
+    /// 5xx, 429, 408: the endpoint is failing for now.
+    #[error("the token endpoint is failing (HTTP {status}{})", code_suffix(.code))]
+    Unavailable {
+        status: u16,
+        code: Option<ErrorCode>,
+        retry_after: Option<Duration>,
+    },
+    /// A success status with a body that is not a usable token.
+    #[error("the token endpoint answered with no usable token: {0}")]
+    Invalid(#[from] InvalidResponse),
+    /// Connecting or talking to the endpoint failed.
+    #[error("cannot reach the token endpoint: {0}")]
+    Unreachable(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The whole token request took longer than `auth.timeout`.
+    #[error("the token endpoint did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// An earlier failure is being backed off from; no request was made.
+    #[error("not retrying yet after: {last}")]
+    BackingOff { last: Box<TokenError> },
+    /// The TOTP seed cannot produce codes.
+    #[error(transparent)]
+    Totp(#[from] totp::InvalidTotpSecret),
+}
+
+fn code_suffix(code: &Option<ErrorCode>) -> String {
+    code.as_ref().map(|c| format!(", {c}")).unwrap_or_default()
+}
+
+/// What was wrong with a 2xx token response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidResponse {
+    #[error("the body is not JSON (Content-Type {content_type:?})")]
+    NotJson { content_type: String },
+    #[error("the JSON has no `access_token` string")]
+    NoAccessToken,
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("`token_type` is {0:?}, not Bearer")]
+    NotBearer(String),
+    #[error("the access token contains bytes that cannot go in a header")]
+    NotHeaderSafe,
+    #[error("the token had already expired when it arrived")]
+    AlreadyExpired,
+    #[error("the endpoint answered HTTP {0}, which is not a token response")]
+    UnexpectedStatus(u16),
+}
+
+impl TokenError {
+    /// Whether retrying later may help (transport, 5xx, 429), as opposed to a configuration or
+    /// credential problem that will fail the same way until someone changes something.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TokenError::Unavailable { .. }
+            | TokenError::Unreachable(_)
+            | TokenError::Timeout(_) => true,
+            TokenError::Rejected { .. } | TokenError::Invalid(_) | TokenError::Totp(_) => false,
+            TokenError::BackingOff { last } => last.is_transient(),
+        }
+    }
+
+    /// The token endpoint's own error code, if it gave one.
+    pub fn endpoint_code(&self) -> Option<&ErrorCode> {
+        match self {
+            TokenError::Rejected { code, .. } | TokenError::Unavailable { code, .. } => {
+                code.as_ref()
+            }
+            TokenError::BackingOff { last } => last.endpoint_code(),
+            TokenError::Invalid(_)
+            | TokenError::Unreachable(_)
+            | TokenError::Timeout(_)
+            | TokenError::Totp(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_sanitised() {
+        assert_eq!(
+            ErrorCode::parse("invalid_client").unwrap().as_str(),
+            "invalid_client"
+        );
+        assert!(ErrorCode::parse("reset token abc123 <b>").is_none());
+        assert!(ErrorCode::parse("").is_none());
+        assert!(ErrorCode::parse(&"x".repeat(65)).is_none());
+    }
+
+    #[test]
+    fn classification() {
+        let rejected = TokenError::Rejected {
+            status: 401,
+            code: ErrorCode::parse("invalid_client"),
+        };
+        assert!(!rejected.is_transient());
+        assert_eq!(rejected.endpoint_code().unwrap().as_str(), "invalid_client");
+        let backing = TokenError::BackingOff {
+            last: Box::new(TokenError::Timeout(Duration::from_secs(1))),
+        };
+        assert!(backing.is_transient());
+        assert!(rejected.to_string().contains("HTTP 401, invalid_client"));
+    }
+
+    #[test]
+    fn token_debug_hides_the_value() {
+        let now = Instant::now();
+        let t = Token {
+            header: crate::headers::bearer("sekrit-token").unwrap(),
+            obtained_at: now,
+            expires_at: now + Duration::from_secs(60),
+            refresh_at: now,
+        };
+        assert!(!format!("{t:?}").contains("sekrit"));
+        assert_eq!(t.expose(), "sekrit-token");
+    }
+}

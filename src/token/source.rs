@@ -1,0 +1,518 @@
+//! One upstream's token over the shared cache: the lifecycle of PRODUCT.md §3.1 and §3.3.
+//!
+//! - Hot path ([`TokenSource::token`]): a moka lookup and a clock read; no lock, no await,
+//!   no allocation. A token inside its refresh window also starts (at most) one background
+//!   refresh; the request carries on with the live token.
+//! - Every token request, whatever triggers it (cold miss, refresh ahead, 401), runs under one
+//!   per-upstream async mutex: that is the single flight, and the one place where the rate
+//!   limit (`min_refresh_interval`) and the backoff are enforced.
+//! - A 401 drops the token only if the cache still holds that very token
+//!   (compare-and-invalidate through moka's entry API), so a burst of 401s costs one request.
+//! - Failures back off exponentially; while backing off, a request with no live token fails
+//!   fast instead of queueing.
+//!
+//! Tokens are keyed by upstream *and* credential fingerprint: a rotated secret, token URL or
+//! scope makes a new key, so a token never outlives the credentials that obtained it.
+
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use moka::ops::compute::Op;
+use moka::Expiry;
+use tokio::time::Instant;
+
+use super::flow::{self, Endpoint};
+use super::response::Grant;
+use super::{schedule, InvalidResponse, Token, TokenError};
+use crate::client::HttpClient;
+use crate::config::{AuthConfig, Flow};
+use crate::headers::bearer;
+use crate::secret::Secret;
+
+/// How long a token stays in the cache past the instant it stops being used; only a memory
+/// bound, since every read checks liveness itself.
+const CACHE_GRACE: Duration = Duration::from_secs(60);
+/// Upper bound on cached tokens (one live key per upstream, plus retired fingerprints).
+const CACHE_CAPACITY: u64 = 10_000;
+
+/// The process-wide token cache shared by every upstream. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenCache {
+    cache: moka::sync::Cache<TokenKey, Arc<Token>>,
+    /// Randomly keyed per process, so fingerprints reveal nothing outside it.
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .expire_after(UntilRetired)
+                .build(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TokenKey {
+    upstream: Arc<str>,
+    fingerprint: u64,
+}
+
+/// Evicts a token [`CACHE_GRACE`] after it stops being used.
+struct UntilRetired;
+
+impl UntilRetired {
+    fn ttl(token: &Token) -> Duration {
+        token.expires_at.saturating_duration_since(Instant::now()) + CACHE_GRACE
+    }
+}
+
+impl Expiry<TokenKey, Arc<Token>> for UntilRetired {
+    fn expire_after_create(
+        &self,
+        _: &TokenKey,
+        token: &Arc<Token>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Self::ttl(token))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &TokenKey,
+        token: &Arc<Token>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Self::ttl(token))
+    }
+}
+
+/// What to do after the upstream rejected a token.
+#[derive(Debug)]
+pub enum Reauth {
+    /// Replay the request with this token.
+    Replay(Arc<Token>),
+    /// Pass the rejection to the application: the token is too young to be replaced
+    /// (`min_refresh_interval`) or the flow has no way to get another.
+    PassThrough,
+}
+
+/// The credentials in force; swapped whole when they change.
+struct Credentials {
+    flow: Flow,
+    key: TokenKey,
+    /// The `static` flow's token, made once.
+    fixed: Option<Arc<Token>>,
+}
+
+/// Serialised by the fetch mutex.
+#[derive(Default)]
+struct FetchState {
+    last_request: Option<Instant>,
+    /// With the fingerprint of the credentials that earned it.
+    refresh_token: Option<(u64, Secret)>,
+}
+
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    backoff: Option<Backoff>,
+}
+
+struct Backoff {
+    until: Instant,
+    error: TokenError,
+    fingerprint: u64,
+}
+
+/// Timing rules from `[upstream.auth]`.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    refresh_before: Option<Duration>,
+    min_refresh_interval: Duration,
+    token_lifetime: Duration,
+    timeout: Duration,
+}
+
+/// One upstream's token: where it comes from and what state it is in.
+pub struct TokenSource {
+    cache: TokenCache,
+    client: HttpClient,
+    policy: Policy,
+    credentials: ArcSwap<Credentials>,
+    fetch: tokio::sync::Mutex<FetchState>,
+    health: Mutex<Health>,
+    refreshing: AtomicBool,
+    /// Background refreshes are not started before this many ms after `epoch` (backoff and
+    /// rate limit, read without taking a lock).
+    next_refresh_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("upstream", &self.credentials.load().key.upstream)
+            .field("flow", &self.credentials.load().flow.kind())
+            .finish()
+    }
+}
+
+impl TokenSource {
+    /// A source for upstream `name`. Fails only when a `static` token cannot be a header.
+    pub fn new(
+        name: &str,
+        auth: &AuthConfig,
+        cache: TokenCache,
+        client: HttpClient,
+    ) -> Result<TokenSource, TokenError> {
+        let credentials = Credentials::new(name, &auth.flow, &cache.hasher)?;
+        Ok(TokenSource {
+            cache,
+            client,
+            policy: Policy {
+                refresh_before: auth.refresh_before,
+                min_refresh_interval: auth.min_refresh_interval,
+                token_lifetime: auth.token_lifetime,
+                timeout: auth.timeout,
+            },
+            credentials: ArcSwap::from_pointee(credentials),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
+            health: Mutex::new(Health::default()),
+            refreshing: AtomicBool::new(false),
+            next_refresh_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Whether requests get a token at all (`flow = "none"` does not).
+    pub fn authenticates(&self) -> bool {
+        !matches!(self.credentials.load().flow, Flow::None)
+    }
+
+    /// The token to send now; `None` for `flow = "none"`. Waits for the token endpoint only
+    /// when no live token exists.
+    pub async fn token(self: &Arc<Self>) -> Result<Option<Arc<Token>>, TokenError> {
+        let credentials = self.credentials.load();
+        if matches!(credentials.flow, Flow::None) {
+            return Ok(None);
+        }
+        if let Some(fixed) = &credentials.fixed {
+            return Ok(Some(Arc::clone(fixed)));
+        }
+        if let Some(token) = self.cache.cache.get(&credentials.key) {
+            let now = Instant::now();
+            if token.is_live(now) {
+                if now >= token.refresh_at {
+                    self.refresh_in_background(&token, now);
+                }
+                return Ok(Some(token));
+            }
+        }
+        drop(credentials);
+        self.fetch(None).await.map(Some)
+    }
+
+    /// The upstream rejected `used`: drop it if it is still the cached token and say what to
+    /// replay with. 100 concurrent rejections of one token make one token request.
+    pub async fn reauthorize(self: &Arc<Self>, used: &Arc<Token>) -> Result<Reauth, TokenError> {
+        if !self.reject(used) {
+            // Too young to replace: replay only if someone already has a newer token.
+            let credentials = self.credentials.load();
+            return Ok(match self.cache.cache.get(&credentials.key) {
+                Some(t) if !Arc::ptr_eq(&t, used) && t.is_live(Instant::now()) => Reauth::Replay(t),
+                _ => Reauth::PassThrough,
+            });
+        }
+        self.fetch(Some(used)).await.map(Reauth::Replay)
+    }
+
+    /// Drops `used` from the cache if it is still the current token and old enough to be
+    /// replaced (`min_refresh_interval`). Returns whether a new token may be requested.
+    pub fn reject(&self, used: &Arc<Token>) -> bool {
+        let credentials = self.credentials.load();
+        if credentials.fixed.is_some() {
+            return false;
+        }
+        if used.obtained_at.elapsed() < self.policy.min_refresh_interval {
+            return false;
+        }
+        self.cache
+            .cache
+            .entry(credentials.key.clone())
+            .and_compute_with(|entry| match entry {
+                Some(e) if Arc::ptr_eq(e.value(), used) => Op::Remove,
+                _ => Op::Nop,
+            });
+        true
+    }
+
+    /// The slow path: one token request at a time, after re-checking what the previous one
+    /// brought. `rejected` is a token the upstream refused, which must not be handed out again.
+    async fn fetch(&self, rejected: Option<&Arc<Token>>) -> Result<Arc<Token>, TokenError> {
+        self.fail_fast(self.credentials.load().key.fingerprint)?;
+        let mut state = self.fetch.lock().await;
+        let credentials = self.credentials.load_full();
+        let now = Instant::now();
+        if let Some(token) = self.cache.cache.get(&credentials.key) {
+            let refused = rejected.is_some_and(|r| Arc::ptr_eq(r, &token));
+            if token.is_live(now) && !refused {
+                return Ok(token);
+            }
+        }
+        // The request we queued behind may have failed: do not repeat it at once.
+        self.fail_fast(credentials.key.fingerprint)?;
+        if let Some(last) = state.last_request {
+            tokio::time::sleep_until(last + self.policy.min_refresh_interval).await;
+        }
+        self.request(&credentials, &mut state).await
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, seen: &Arc<Token>, now: Instant) {
+        if self.millis(now) < self.next_refresh_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        let seen = Arc::clone(seen);
+        tokio::spawn(async move {
+            this.refresh_ahead(&seen).await;
+            this.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    async fn refresh_ahead(&self, seen: &Arc<Token>) {
+        let mut state = self.fetch.lock().await;
+        let credentials = self.credentials.load_full();
+        let now = Instant::now();
+        if let Some(token) = self.cache.cache.get(&credentials.key) {
+            if !Arc::ptr_eq(&token, seen) && token.is_live(now) && token.refresh_at > now {
+                return; // someone refreshed while we waited for the lock
+            }
+        }
+        if let Some(until) = self.backoff_until(credentials.key.fingerprint) {
+            self.defer_refresh(until);
+            return;
+        }
+        if let Some(last) = state.last_request {
+            let allowed = last + self.policy.min_refresh_interval;
+            if allowed > now {
+                self.defer_refresh(allowed);
+                return;
+            }
+        }
+        // The outcome is recorded (and logged) by `request`; requests keep the live token.
+        let _ = self.request(&credentials, &mut state).await;
+    }
+
+    /// Sends one token request and records what came of it.
+    async fn request(
+        &self,
+        credentials: &Credentials,
+        state: &mut FetchState,
+    ) -> Result<Arc<Token>, TokenError> {
+        let Some(endpoint) = Endpoint::of(&credentials.flow) else {
+            // Unreachable: `static` answers from `fixed` and `none` never asks.
+            return Err(InvalidResponse::UnexpectedStatus(0).into());
+        };
+        let fingerprint = credentials.key.fingerprint;
+        let started = Instant::now();
+        state.last_request = Some(started);
+        let refresh = state
+            .refresh_token
+            .as_ref()
+            .filter(|(fp, _)| *fp == fingerprint)
+            .map(|(_, secret)| secret.clone());
+        let result = flow::obtain(
+            &self.client,
+            endpoint,
+            refresh.as_ref(),
+            self.policy.timeout,
+        )
+        .await
+        .and_then(|grant| self.make_token(grant, started));
+        let upstream = &*credentials.key.upstream;
+        match result {
+            Ok((token, refresh_token)) => {
+                if let Some(r) = refresh_token {
+                    state.refresh_token = Some((fingerprint, r));
+                }
+                self.cache
+                    .cache
+                    .insert(credentials.key.clone(), Arc::clone(&token));
+                self.health().failures = 0;
+                self.health().backoff = None;
+                self.defer_refresh(token.refresh_at);
+                let lifetime = token.expires_at.saturating_duration_since(started);
+                tracing::info!(upstream, lifetime = %humantime::format_duration(round(lifetime)), refreshed = refresh.is_some(), "token obtained");
+                Ok(token)
+            }
+            Err(error) => {
+                let mut health = self.health();
+                health.failures = health.failures.saturating_add(1);
+                let retry_after = match &error {
+                    TokenError::Unavailable { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let delay = schedule::backoff(health.failures, retry_after, fastrand::f64());
+                let until = Instant::now() + delay;
+                health.backoff = Some(Backoff {
+                    until,
+                    error: error.clone(),
+                    fingerprint,
+                });
+                drop(health);
+                self.defer_refresh(until);
+                let token_error = error.endpoint_code().map(|c| c.to_string());
+                tracing::warn!(upstream, error = %error, token_error, transient = error.is_transient(), backoff = %humantime::format_duration(round(delay)), "token request failed; backing off");
+                Err(error)
+            }
+        }
+    }
+
+    fn make_token(
+        &self,
+        grant: Grant,
+        obtained_at: Instant,
+    ) -> Result<(Arc<Token>, Option<Secret>), TokenError> {
+        let header = bearer(grant.access_token.expose()).ok_or(InvalidResponse::NotHeaderSafe)?;
+        let lifetime = grant.lifetime.unwrap_or(self.policy.token_lifetime);
+        let (expires_at, refresh_at) = schedule::plan(
+            obtained_at,
+            lifetime,
+            self.policy.refresh_before,
+            fastrand::f64(),
+        );
+        let token = Token {
+            header,
+            obtained_at,
+            expires_at,
+            refresh_at,
+        };
+        Ok((Arc::new(token), grant.refresh_token))
+    }
+
+    fn fail_fast(&self, fingerprint: u64) -> Result<(), TokenError> {
+        let health = self.health();
+        match &health.backoff {
+            Some(b) if b.fingerprint == fingerprint && Instant::now() < b.until => {
+                Err(TokenError::BackingOff {
+                    last: Box::new(b.error.clone()),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn backoff_until(&self, fingerprint: u64) -> Option<Instant> {
+        let health = self.health();
+        let b = health.backoff.as_ref()?;
+        (b.fingerprint == fingerprint && Instant::now() < b.until).then_some(b.until)
+    }
+
+    fn defer_refresh(&self, until: Instant) {
+        self.next_refresh_ms
+            .store(self.millis(until), Ordering::Relaxed);
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        // A panic while holding this lock cannot leave Health inconsistent in a way that
+        // matters more than refusing all tokens would.
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+impl Credentials {
+    fn new(name: &str, flow: &Flow, hasher: &RandomState) -> Result<Credentials, TokenError> {
+        let fixed = match flow {
+            Flow::Static(token) => {
+                let header = bearer(token.value.expose()).ok_or(InvalidResponse::NotHeaderSafe)?;
+                let now = Instant::now();
+                // Far enough never to matter, near enough not to overflow `Instant`.
+                let never = now + Duration::from_secs(100 * 365 * 24 * 3600);
+                Some(Arc::new(Token {
+                    header,
+                    obtained_at: now,
+                    expires_at: never,
+                    refresh_at: never,
+                }))
+            }
+            _ => None,
+        };
+        Ok(Credentials {
+            key: TokenKey {
+                upstream: name.into(),
+                fingerprint: fingerprint(flow, hasher),
+            },
+            flow: flow.clone(),
+            fixed,
+        })
+    }
+}
+
+/// A hash of everything that decides which token the endpoint hands out: flow, endpoint,
+/// every credential, scope and extra parameters.
+fn fingerprint(flow: &Flow, hasher: &RandomState) -> u64 {
+    let mut h = hasher.build_hasher();
+    flow.kind().name().hash(&mut h);
+    match flow {
+        Flow::ClientCredentials(c) => {
+            c.token_url.hash(&mut h);
+            hash_client(&c.client, &mut h);
+            (&c.scope, &c.extra_params).hash(&mut h);
+        }
+        Flow::Password(p) => {
+            p.token_url.hash(&mut h);
+            for s in [&p.username, &p.password] {
+                s.value.expose().hash(&mut h);
+            }
+            p.totp_secret
+                .as_ref()
+                .map(|t| t.value.expose())
+                .hash(&mut h);
+            if let Some(c) = &p.client {
+                hash_client(c, &mut h);
+            }
+            (&p.scope, &p.extra_params).hash(&mut h);
+        }
+        Flow::NexusHub(n) => {
+            n.auth_url.hash(&mut h);
+            n.user_key.value.expose().hash(&mut h);
+            n.user_secret.value.expose().hash(&mut h);
+        }
+        Flow::Static(t) => t.value.expose().hash(&mut h),
+        Flow::None => {}
+    }
+    h.finish()
+}
+
+fn hash_client(c: &crate::config::Client, h: &mut impl Hasher) {
+    c.id.value.expose().hash(h);
+    c.secret.value.expose().hash(h);
+    (c.auth as u8).hash(h);
+}
