@@ -1,1 +1,3 @@
-pub fn placeholder() {}
+//! nexus-sidecar: an authenticating reverse-proxy sidecar.
+
+pub mod standin;
