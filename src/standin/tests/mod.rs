@@ -1,11 +1,12 @@
 //! Tests of the stand-ins over loopback TCP with a plain hyper client: the gate (counting,
-//! holding, injected failures) here, each API's documented behaviour in `token_apis`, the
-//! protected API in `protected`.
+//! holding, injected failures, TLS) here, each API's documented behaviour in
+//! `client_credentials` and `user_flows`, the protected API in `protected`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod client_credentials;
 mod protected;
-mod token_apis;
+mod user_flows;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -115,6 +116,22 @@ fn claims(token: &str) -> serde_json::Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
+/// An OAuth2-style JSON error with that status and code.
+fn assert_error(resp: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(resp.status, status, "{:?}", resp.body);
+    assert_eq!(resp.error(), code, "{:?}", resp.body);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert!(resp.json()["error_description"].is_string());
+}
+
+/// A successful token response whose token the stand-in recorded as its latest.
+fn assert_issued(s: &StandIn, resp: &Reply) {
+    assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(resp.header("cache-control"), Some("no-store"));
+    assert_eq!(s.issued_tokens().last(), Some(&resp.access_token()));
+}
+
 async fn nuvy() -> StandIn {
     StandIn::start(Api::NuvyNexus, Credentials::new("app", "s3cret"))
         .await
@@ -180,6 +197,17 @@ async fn every_token_request_is_counted_and_other_methods_get_405() {
     assert_eq!(s.token_requests_by_grant("password"), 0);
     s.wait_token_requests(3).await;
     assert_eq!(s.api_requests(), 0, "token requests are not API requests");
+    // Another API's token path is just a path of the protected API here.
+    let elsewhere = format!("{}/oauth2/token", s.base_url());
+    let resp = send(post(
+        &elsewhere,
+        Some(FORM),
+        &[],
+        "grant_type=client_credentials",
+    ))
+    .await;
+    assert_eq!(resp.error(), "invalid_token");
+    assert_eq!((s.token_requests(), s.api_requests()), (3, 1));
 }
 
 #[tokio::test]
@@ -232,7 +260,11 @@ async fn injected_failures_answer_as_asked_then_stop() {
     }
     s.fail_token_requests(0, Failure::Status(500));
     assert_eq!(nuvy_token(&s).await.status, StatusCode::OK, "0 clears");
-    assert_eq!(s.issued_tokens().len(), 2, "injected failures issue nothing");
+    assert_eq!(
+        s.issued_tokens().len(),
+        2,
+        "injected failures issue nothing"
+    );
 }
 
 #[tokio::test]
