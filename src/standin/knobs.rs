@@ -108,6 +108,17 @@ impl Shared {
         (lock(&self.tokens).issue(sub, life), life.expires_in)
     }
 
+    /// Issues an access token for `sub` and starts its RFC 6749 §5.1 response: `access_token`,
+    /// `token_type` and, unless omitted, `expires_in`.
+    pub fn issue_oauth2(&self, sub: &str, token_type: &str) -> serde_json::Value {
+        let (token, expires_in) = self.issue(sub);
+        let mut body = serde_json::json!({ "access_token": token, "token_type": token_type });
+        if let Some(secs) = expires_in {
+            body["expires_in"] = secs.into();
+        }
+        body
+    }
+
     /// Counts one token request, overall and under its grant label.
     pub fn count_token_request(&self, grant: Option<&str>) {
         if let Some(grant) = grant {

@@ -72,13 +72,8 @@ fn refresh(shared: &Shared, form: &Form) -> Response<Body> {
 }
 
 fn issue(shared: &Shared, subject: &str) -> Response<Body> {
-    let (token, expires_in) = shared.issue(subject);
-    let refresh_token = lock(&shared.tokens).issue_refresh(subject);
-    let mut body = serde_json::json!({ "access_token": token, "token_type": "bearer" });
-    if let Some(secs) = expires_in {
-        body["expires_in"] = secs.into();
-    }
-    body["refresh_token"] = refresh_token.into();
+    let mut body = shared.issue_oauth2(subject, "bearer");
+    body["refresh_token"] = lock(&shared.tokens).issue_refresh(subject).into();
     wire::token_ok(&body)
 }
 

@@ -32,10 +32,6 @@ pub(super) fn token(shared: &Shared, req: &TokenRequest) -> Response<Body> {
             "missing or invalid grant_type: must be client_credentials",
         );
     }
-    let (token, expires_in) = shared.issue(&knobs.credentials.id);
-    let mut body = serde_json::json!({ "access_token": token, "token_type": "Bearer" });
-    if let Some(secs) = expires_in {
-        body["expires_in"] = secs.into();
-    }
+    let body = shared.issue_oauth2(&knobs.credentials.id, "Bearer");
     wire::token_ok(&body)
 }

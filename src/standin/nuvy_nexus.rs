@@ -66,11 +66,7 @@ pub(super) fn token(shared: &Shared, req: &TokenRequest) -> Response<Body> {
             );
         }
     }
-    let (token, expires_in) = shared.issue(&knobs.credentials.id);
-    let mut body = serde_json::json!({ "access_token": token, "token_type": "Bearer" });
-    if let Some(secs) = expires_in {
-        body["expires_in"] = secs.into();
-    }
+    let mut body = shared.issue_oauth2(&knobs.credentials.id, "Bearer");
     if let Some(scope) = scope {
         body["scope"] = scope.into();
     }

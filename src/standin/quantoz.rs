@@ -56,11 +56,7 @@ pub(super) fn token(shared: &Shared, req: &TokenRequest) -> Response<Body> {
             "scope must be api1",
         );
     }
-    let (token, expires_in) = shared.issue(&knobs.credentials.id);
-    let mut body = serde_json::json!({ "access_token": token, "token_type": "Bearer" });
-    if let Some(secs) = expires_in {
-        body["expires_in"] = secs.into();
-    }
+    let mut body = shared.issue_oauth2(&knobs.credentials.id, "Bearer");
     body["scope"] = SCOPE.into();
     wire::token_ok(&body)
 }
