@@ -1,1 +1,350 @@
-//! placeholder
+//! In-process stand-ins of the five token APIs of `shared/seeds/` and of a protected API behind
+//! them, served over real loopback TCP (HTTP/1.1 and h2c, or TLS) for the `demo` command and the
+//! end-to-end tests. Not a general OAuth2 server: each stand-in reproduces one documented API,
+//! quirks included, and exposes knobs to make it misbehave on purpose.
+//!
+//! Layout: `server` (listener, connections, routing) → `gate` (counting, holding and injected
+//! failures in front of every token endpoint) → one module per API (`nuvy_nexus`, `nuvy_legacy`,
+//! `quantoz`, `nexudus`, `nexushub`) → `tokens` (registry of what was issued); `api` is the
+//! protected API; `knobs` the shared state the knobs act on; `wire` small HTTP helpers.
+
+mod api;
+mod gate;
+mod knobs;
+mod nexudus;
+mod nexushub;
+mod nuvy_legacy;
+mod nuvy_nexus;
+mod quantoz;
+mod server;
+mod tokens;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use api::download_byte;
+
+use knobs::{lock, JwtLifetime, Shared};
+
+/// Which documented token API a stand-in reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Nuvy Nexus: `POST /nexus/oauth2/token`, client_credentials, Basic or form credentials.
+    NuvyNexus,
+    /// Nuvy API (legacy): `POST /oauth2/token`, client_credentials, HTTP Basic only.
+    NuvyLegacy,
+    /// Quantoz Nexus identity: `POST /connect/token`, form credentials, `scope=api1`, rate-limited.
+    Quantoz,
+    /// Nexudus members portal: `POST /api/token`, password grant with optional TOTP, refresh tokens.
+    Nexudus,
+    /// NexusHub: JSON `POST /authenticate` and `POST /refresh`, no `expires_in`.
+    NexusHub,
+}
+
+impl Api {
+    /// Short name, also sent by the protected API in `x-standin-api`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::NuvyNexus => "nuvy-nexus",
+            Api::NuvyLegacy => "nuvy",
+            Api::Quantoz => "quantoz",
+            Api::Nexudus => "nexudus",
+            Api::NexusHub => "nexushub",
+        }
+    }
+
+    /// The path(s) this API answers token requests on.
+    fn token_paths(self) -> &'static [&'static str] {
+        match self {
+            Api::NuvyNexus => &["/nexus/oauth2/token"],
+            Api::NuvyLegacy => &["/oauth2/token"],
+            Api::Quantoz => &["/connect/token"],
+            Api::Nexudus => &["/api/token"],
+            Api::NexusHub => &["/authenticate", "/refresh"],
+        }
+    }
+
+    /// `expires_in` the real API sends when no knob changes it (NexusHub sends none).
+    fn default_expires_in(self) -> Option<u64> {
+        match self {
+            Api::Nexudus => Some(86_400),
+            Api::NexusHub => None,
+            Api::NuvyNexus | Api::NuvyLegacy | Api::Quantoz => Some(3600),
+        }
+    }
+}
+
+/// What a token endpoint accepts. `id`/`secret` are client_id/client_secret (Nuvy*, Quantoz),
+/// username/password (Nexudus) or user_key/user_secret (NexusHub).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub id: String,
+    pub secret: String,
+    /// Base32 RFC 6238 secret (SHA1, 6 digits, 30 s); only Nexudus uses it, and then requires
+    /// a valid `totp`.
+    pub totp_secret: Option<String>,
+}
+
+impl Credentials {
+    /// Credentials without a TOTP secret.
+    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Self {
+        Credentials {
+            id: id.into(),
+            secret: secret.into(),
+            totp_secret: None,
+        }
+    }
+
+    /// The same credentials with a base32 TOTP secret (Nexudus two-factor authentication).
+    pub fn with_totp(mut self, base32: impl Into<String>) -> Self {
+        self.totp_secret = Some(base32.into());
+        self
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .field("totp_secret", &self.totp_secret.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// An injected failure of the token endpoint (see [`StandIn::fail_token_requests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// That status (500 if it is not a valid one) with `{"error":"server_error"}`.
+    Status(u16),
+    /// 429 with `Retry-After` and `{"error":"too_many_requests"}`.
+    TooManyRequests { retry_after_secs: u64 },
+    /// 200 `text/html`: a login page, as a misrouted request through a portal would get.
+    Html200,
+    /// 200 JSON that lacks `access_token`.
+    MissingAccessToken,
+    /// Never answers (until shutdown).
+    Hang,
+    /// Closes the connection without a response (over HTTP/2: resets the stream).
+    Close,
+}
+
+/// One request that reached the protected API.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    /// Exactly as received (percent-encoding preserved).
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    /// The bearer token presented, if any.
+    pub token: Option<String>,
+    /// Whether the API accepted it.
+    pub authorized: bool,
+    pub body: bytes::Bytes,
+    pub version: http::Version,
+}
+
+/// A running stand-in: one token API and the protected API on one loopback listener.
+/// Stops on [`StandIn::shutdown`] or when dropped.
+pub struct StandIn {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tls: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for StandIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StandIn")
+            .field("api", &self.shared.api)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl StandIn {
+    /// Binds `127.0.0.1:0` and serves HTTP/1.1 and h2c.
+    pub async fn start(api: Api, credentials: Credentials) -> std::io::Result<StandIn> {
+        Self::launch(api, credentials, None).await
+    }
+
+    /// Binds `127.0.0.1:0` and serves TLS; HTTP/2 or HTTP/1.1 as ALPN negotiates (both are
+    /// detected when the `ServerConfig` offers no ALPN).
+    pub async fn start_tls(
+        api: Api,
+        credentials: Credentials,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<StandIn> {
+        Self::launch(api, credentials, Some(tls)).await
+    }
+
+    async fn launch(
+        api: Api,
+        credentials: Credentials,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<StandIn> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(api, credentials));
+        let is_tls = tls.is_some();
+        let task = tokio::spawn(server::run(listener, tls, shared.clone()));
+        tracing::debug!(api = api.name(), %addr, tls = is_tls, "stand-in started");
+        Ok(StandIn {
+            shared,
+            addr,
+            tls: is_tls,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` over TLS.
+    pub fn base_url(&self) -> String {
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// The token endpoint URL; for NexusHub the auth URL (`/authenticate`, `/refresh` below it).
+    pub fn token_url(&self) -> String {
+        match self.shared.api {
+            Api::NexusHub => self.base_url(),
+            api => format!("{}{}", self.base_url(), api.token_paths()[0]),
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        self.shared.api
+    }
+
+    /// `expires_in` of tokens issued from now on; `None` omits the field. Ignored by NexusHub,
+    /// which never sends one (its JWT lifetime governs).
+    pub fn set_expires_in(&self, secs: Option<u64>) {
+        lock(&self.shared.knobs).expires_in = secs;
+    }
+
+    /// `exp` claim of JWTs issued from now on; `None` issues JWTs without `exp`. Until called,
+    /// `exp` follows `expires_in`, or one hour when there is none.
+    pub fn set_jwt_lifetime(&self, secs: Option<u64>) {
+        lock(&self.shared.knobs).jwt_lifetime = JwtLifetime::Set(secs);
+    }
+
+    /// Rotates what the token endpoint accepts.
+    pub fn set_credentials(&self, c: Credentials) {
+        lock(&self.shared.knobs).credentials = c;
+    }
+
+    /// NuvyNexus: the scopes the App Client may request (default `read write`).
+    pub fn set_scopes(&self, allowed: &[&str]) {
+        lock(&self.shared.knobs).scopes = allowed.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// NuvyNexus: answer 501 `unsupported_grant_type` (grant not enabled for the App Client).
+    pub fn disable_grant(&self, yes: bool) {
+        lock(&self.shared.knobs).grant_disabled = yes;
+    }
+
+    /// Nexudus: answer 400 `must_reset_password` with a `reset-…` token in `error_description`.
+    pub fn require_password_reset(&self, yes: bool) {
+        lock(&self.shared.knobs).password_reset = yes;
+    }
+
+    /// Every access token issued so far becomes invalid at the protected API.
+    pub fn revoke_all(&self) {
+        lock(&self.shared.tokens).revoke_all();
+    }
+
+    /// Refresh tokens issued so far stop working (Nexudus, NexusHub).
+    pub fn invalidate_refresh_tokens(&self) {
+        lock(&self.shared.tokens).invalidate_refresh_tokens();
+    }
+
+    /// The protected API answers 401 `invalid_token` to everything.
+    pub fn set_api_always_401(&self, yes: bool) {
+        lock(&self.shared.knobs).api_always_401 = yes;
+    }
+
+    /// The next `n` token requests answer with `f` (`usize::MAX`: until cleared); 0 clears.
+    pub fn fail_token_requests(&self, n: usize, f: Failure) {
+        lock(&self.shared.knobs).failure = (n > 0).then_some((n, f));
+    }
+
+    /// While on, token requests wait (after being counted) until it is turned off; they are
+    /// then answered as usual.
+    pub fn hold_token_requests(&self, yes: bool) {
+        self.shared.hold.send_replace(yes);
+    }
+
+    /// How many token requests are held right now.
+    pub fn held_token_requests(&self) -> usize {
+        *self.shared.held.borrow()
+    }
+
+    /// Resolves once at least `n` token requests are held.
+    pub async fn wait_held(&self, n: usize) {
+        let mut rx = self.shared.held.subscribe();
+        // The sender lives in `shared`, which we hold: the channel cannot close.
+        let _ = rx.wait_for(|held| *held >= n).await;
+    }
+
+    /// Every request that reached a token endpoint path, whatever its outcome.
+    pub fn token_requests(&self) -> usize {
+        *self.shared.token_requests.borrow()
+    }
+
+    /// Token requests by `grant_type` form field (`client_credentials`, `password`,
+    /// `refresh_token`, …) or, for NexusHub, by path (`authenticate`, `refresh`).
+    pub fn token_requests_by_grant(&self, grant: &str) -> usize {
+        lock(&self.shared.by_grant).get(grant).copied().unwrap_or(0)
+    }
+
+    /// Resolves once [`StandIn::token_requests`] is at least `n`.
+    pub async fn wait_token_requests(&self, n: usize) {
+        let mut rx = self.shared.token_requests.subscribe();
+        let _ = rx.wait_for(|count| *count >= n).await;
+    }
+
+    /// Access tokens issued, in order.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.shared.tokens).access_tokens()
+    }
+
+    /// Every request that reached the protected API, in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
+        lock(&self.shared.seen).clone()
+    }
+
+    /// How many requests reached the protected API.
+    pub fn api_requests(&self) -> usize {
+        *self.shared.api_requests.borrow()
+    }
+
+    /// Resolves once [`StandIn::api_requests`] is at least `n` (e.g. a `/slow` request arrived).
+    pub async fn wait_api_requests(&self, n: usize) {
+        let mut rx = self.shared.api_requests.subscribe();
+        let _ = rx.wait_for(|count| *count >= n).await;
+    }
+
+    /// Stops accepting and drops every connection; hanging and held requests end without an
+    /// answer. Also done on drop.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        self.task.abort();
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,188 @@
+//! The registry of what a stand-in issued: JWT-shaped access tokens with their expiry and
+//! revocation, and refresh tokens. It mints and checks tokens; it knows nothing of HTTP or of
+//! which API asked.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use tokio::time::Instant;
+
+/// How long a token being issued lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lifetimes {
+    /// Sent as `expires_in`; `None` omits the field.
+    pub expires_in: Option<u64>,
+    /// The JWT `exp` claim, from `iat`; `None` omits the claim.
+    pub jwt: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Issued {
+    token: String,
+    /// From the lifetime actually granted: `expires_in`, else the JWT's; `None` never expires.
+    expires_at: Option<Instant>,
+    revoked: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    issued: Vec<Issued>,
+    by_token: HashMap<String, usize>,
+    /// Live refresh tokens and the subject each was issued to.
+    refresh: HashMap<String, String>,
+    /// Every refresh token ever issued, so invalidated ones stay distinct from new ones.
+    refresh_ever: HashSet<String>,
+}
+
+impl Registry {
+    /// Mints and records a unique JWT-shaped access token for `sub`.
+    pub fn issue(&mut self, sub: &str, life: Lifetimes) -> String {
+        let jti = self.issued.len() + 1;
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut claims = serde_json::json!({ "sub": sub, "iat": iat, "jti": jti.to_string() });
+        if let Some(secs) = life.jwt {
+            claims["exp"] = serde_json::json!(iat.saturating_add(secs));
+        }
+        let header = serde_json::json!({ "alg": "RS256", "typ": "JWT" });
+        let signature: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
+            .take(32)
+            .collect();
+        let token = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            URL_SAFE_NO_PAD.encode(signature)
+        );
+        let granted = life.expires_in.or(life.jwt);
+        self.by_token.insert(token.clone(), self.issued.len());
+        self.issued.push(Issued {
+            token: token.clone(),
+            expires_at: granted.and_then(|s| Instant::now().checked_add(Duration::from_secs(s))),
+            revoked: false,
+        });
+        token
+    }
+
+    /// Whether `token` was issued here, is not revoked and has not expired.
+    pub fn is_valid(&self, token: &str) -> bool {
+        let Some(issued) = self.by_token.get(token).and_then(|&i| self.issued.get(i)) else {
+            return false;
+        };
+        !issued.revoked && issued.expires_at.is_none_or(|at| Instant::now() < at)
+    }
+
+    pub fn access_tokens(&self) -> Vec<String> {
+        self.issued.iter().map(|i| i.token.clone()).collect()
+    }
+
+    pub fn revoke_all(&mut self) {
+        for issued in &mut self.issued {
+            issued.revoked = true;
+        }
+    }
+
+    /// Mints and records a refresh token for `sub`.
+    pub fn issue_refresh(&mut self, sub: &str) -> String {
+        loop {
+            let token = format!("rt-{}", random_alphanumeric(24));
+            if self.refresh_ever.insert(token.clone()) {
+                self.refresh.insert(token.clone(), sub.to_string());
+                return token;
+            }
+        }
+    }
+
+    /// The subject a live refresh token was issued to.
+    pub fn refresh_subject(&self, refresh_token: &str) -> Option<String> {
+        self.refresh.get(refresh_token).cloned()
+    }
+
+    pub fn invalidate_refresh_tokens(&mut self) {
+        self.refresh.clear();
+    }
+}
+
+pub(super) fn random_alphanumeric(len: usize) -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(len)
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn claims(token: &str) -> serde_json::Value {
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_unique_jwts_with_requested_exp() {
+        let mut reg = Registry::default();
+        let life = Lifetimes {
+            expires_in: Some(60),
+            jwt: Some(120),
+        };
+        let a = reg.issue("client", life);
+        let b = reg.issue("client", life);
+        assert_ne!(a, b);
+        assert_eq!(a.split('.').count(), 3);
+        let c = claims(&a);
+        assert_eq!(c["sub"], "client");
+        assert_eq!(c["exp"].as_u64().unwrap(), c["iat"].as_u64().unwrap() + 120);
+        assert_ne!(claims(&b)["jti"], c["jti"]);
+        assert!(reg.is_valid(&a) && reg.is_valid(&b));
+        assert_eq!(reg.access_tokens(), vec![a, b]);
+    }
+
+    #[test]
+    fn jwt_without_exp_and_zero_lifetime() {
+        let mut reg = Registry::default();
+        let no_exp = reg.issue(
+            "u",
+            Lifetimes {
+                expires_in: None,
+                jwt: None,
+            },
+        );
+        assert!(claims(&no_exp).get("exp").is_none());
+        assert!(reg.is_valid(&no_exp), "no lifetime at all never expires");
+        let dead = reg.issue(
+            "u",
+            Lifetimes {
+                expires_in: Some(0),
+                jwt: Some(3600),
+            },
+        );
+        assert!(
+            !reg.is_valid(&dead),
+            "expires_in wins over the JWT lifetime"
+        );
+    }
+
+    #[test]
+    fn revoke_and_refresh_invalidation() {
+        let mut reg = Registry::default();
+        let life = Lifetimes {
+            expires_in: Some(60),
+            jwt: None,
+        };
+        let t = reg.issue("u", life);
+        assert!(!reg.is_valid("not-issued"));
+        reg.revoke_all();
+        assert!(!reg.is_valid(&t));
+        let fresh = reg.issue("u", life);
+        assert!(reg.is_valid(&fresh), "revocation is not sticky");
+        let rt = reg.issue_refresh("u");
+        assert_eq!(reg.refresh_subject(&rt).as_deref(), Some("u"));
+        reg.invalidate_refresh_tokens();
+        assert_eq!(reg.refresh_subject(&rt), None);
+    }
+}
