@@ -1,0 +1,207 @@
+//! Shared helpers of the end-to-end tests: stand-ins, a real sidecar on port 0, an HTTP client.
+//!
+//! Every test starts its own stand-in (`StandIn::start`, port 0) and its own sidecar from TOML
+//! text, so tests share nothing and run in parallel.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use nexus_sidecar::standin::{Api, Credentials, StandIn};
+use nexus_sidecar::{Config, Sidecar};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Every secret the tests hand out carries this marker, so a log or body scan can look for it.
+pub const SECRET_MARK: &str = "S3CRET";
+
+/// Distinctive credentials for a stand-in of `api`.
+pub fn credentials(api: Api) -> Credentials {
+    Credentials::new(
+        format!("id-{}", api.name()),
+        format!("{SECRET_MARK}-{}-pw", api.name()),
+    )
+}
+
+/// A base32 TOTP seed (RFC 6238 test seed).
+pub const TOTP_SEED: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+/// Starts a stand-in of `api` with [`credentials`] (Nexudus with a TOTP seed).
+pub async fn standin(api: Api) -> StandIn {
+    let mut c = credentials(api);
+    if api == Api::Nexudus {
+        c = c.with_totp(TOTP_SEED);
+    }
+    StandIn::start(api, c).await.unwrap()
+}
+
+/// The `[[upstream]]` table for `standin`, listening on port 0, with the stand-in's own
+/// credentials written as literals. `upstream_extra` lines go in `[[upstream]]`, `auth_extra`
+/// lines in `[upstream.auth]`.
+pub fn upstream_toml(name: &str, s: &StandIn, upstream_extra: &str, auth_extra: &str) -> String {
+    let c = credentials(s.api());
+    let (id, secret) = (c.id, c.secret);
+    let auth = match s.api() {
+        Api::NuvyNexus | Api::NuvyLegacy => format!(
+            "flow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\nclient_auth = \"basic\"",
+            s.token_url()
+        ),
+        Api::Quantoz => format!(
+            "flow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\nclient_auth = \"body\"\nscope = \"api1\"",
+            s.token_url()
+        ),
+        Api::Nexudus => format!(
+            "flow = \"password\"\ntoken_url = \"{}\"\nusername = \"{id}\"\npassword = \"{secret}\"\ntotp_secret = \"{TOTP_SEED}\"",
+            s.token_url()
+        ),
+        Api::NexusHub => format!(
+            "flow = \"nexushub\"\nauth_url = \"{}\"\nuser_key = \"{id}\"\nuser_secret = \"{secret}\"",
+            s.token_url()
+        ),
+    };
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\n{upstream_extra}\n[upstream.auth]\n{auth}\n{auth_extra}\n",
+        s.base_url()
+    )
+}
+
+/// A sidecar running in this test's runtime.
+pub struct Running {
+    addrs: HashMap<String, SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<usize>,
+}
+
+impl Running {
+    /// `http://ADDR{path}` for upstream `name`.
+    pub fn url(&self, name: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(name))
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs[name]
+    }
+
+    /// Signals shutdown and waits for the drain; returns the connections cut off.
+    pub async fn stop(mut self) -> usize {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap()
+    }
+}
+
+/// Validates `toml` and runs the sidecar it describes.
+pub async fn sidecar(toml: &str) -> Running {
+    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n---\n{toml}"));
+    let sidecar = Sidecar::bind(&config).await.unwrap();
+    let addrs = config
+        .upstreams
+        .iter()
+        .map(|u| (u.name.clone(), sidecar.local_addr(&u.name).unwrap()))
+        .collect();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(sidecar.run(
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(5),
+    ));
+    Running {
+        addrs,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// A stand-in of `api` and a sidecar in front of it, as upstream "api".
+pub async fn pair(api: Api, upstream_extra: &str, auth_extra: &str) -> (StandIn, Running) {
+    let s = standin(api).await;
+    let toml = upstream_toml("api", &s, upstream_extra, auth_extra);
+    let r = sidecar(&toml).await;
+    (s, r)
+}
+
+/// What came back from the sidecar.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: Version,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The application's side: a plain HTTP/1.1 client (or h2c with [`Http::h2c`]).
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Http {
+    /// A client that speaks cleartext HTTP/2 with prior knowledge.
+    pub fn h2c() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(Method::GET, url, &[], Bytes::new()).await
+    }
+
+    pub async fn post(&self, url: &str, body: impl Into<Bytes>) -> Reply {
+        self.send(Method::POST, url, &[], body.into()).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        self.request(request.body(Full::new(body)).unwrap()).await
+    }
+
+    pub async fn request(&self, request: Request<Full<Bytes>>) -> Reply {
+        let response = self.client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+            version: parts.version,
+        }
+    }
+}
