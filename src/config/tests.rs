@@ -132,6 +132,17 @@ fn duplicate_names_and_listen_addresses() {
     let e = err(&format!("{}{}", one(1), one(1)));
     assert!(e.contains("duplicate upstream name"), "{e}");
     assert!(e.contains("already the listen address of `a`"), "{e}");
+    // Port 0 is "any free port", so it may repeat.
+    let zero = |name: &str| {
+        format!("[[upstream]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ntarget = \"https://x\"\n[upstream.auth]\nflow = \"none\"\n")
+    };
+    assert_eq!(
+        load(&format!("{}{}", zero("a"), zero("b")))
+            .unwrap()
+            .upstreams
+            .len(),
+        2
+    );
 }
 
 #[test]

@@ -138,7 +138,8 @@ impl Validator<'_> {
             );
         }
         let listen = self.listen(&key("listen"), &raw.listen);
-        if let Some(addr) = listen {
+        // Port 0 asks the OS for a free port: many listeners may share that spelling.
+        if let Some(addr) = listen.filter(|a| a.port() != 0) {
             if let Some(other) = self.listens.insert(addr, name.clone()) {
                 self.spanned_problem(
                     &raw.listen,

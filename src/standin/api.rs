@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{HeaderName, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, WWW_AUTHENTICATE};
 use http::request::Parts;
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -22,6 +22,16 @@ use super::{Api, Seen};
 /// `/download` sends its bytes in chunks of this size.
 const CHUNK: u64 = 64 * 1024;
 
+/// `POST` here (no token needed) revokes every token issued so far.
+pub const REVOKE_PATH: &str = "/_standin/revoke";
+
+/// Which issued token the request presented (1 for the first): lets a person see the token
+/// change after a replay without printing the token.
+fn token_number(shared: &Shared, headers: &HeaderMap) -> Option<usize> {
+    let token = bearer(headers)?;
+    lock(&shared.tokens).number(&token)
+}
+
 /// Byte `i` of a `/download` body.
 pub fn download_byte(i: u64) -> u8 {
     (i % 251) as u8
@@ -33,6 +43,14 @@ pub(super) async fn serve(
 ) -> Result<Response<Body>, Abort> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(Abort::Body)?.to_bytes();
+    if parts.uri.path() == REVOKE_PATH && parts.method == Method::POST {
+        // The demo's remote control, so a person with only curl can watch a 401 replay.
+        lock(&shared.tokens).revoke_all();
+        return Ok(wire::json(
+            StatusCode::OK,
+            &serde_json::json!({ "revoked": "all tokens issued so far" }),
+        ));
+    }
     let token = bearer(&parts.headers);
     let authorized = !lock(&shared.knobs).api_always_401
         && token
@@ -74,7 +92,10 @@ pub(super) async fn serve(
         }
         _ => match path.strip_prefix("/status/") {
             Some(code) => status(code),
-            None => echo(shared.api, &parts, &path_and_query, body_len),
+            None => {
+                let number = token_number(shared, &parts.headers);
+                echo(shared.api, &parts, &path_and_query, body_len, number)
+            }
         },
     })
 }
@@ -137,7 +158,13 @@ fn status(code: &str) -> Response<Body> {
 /// 200 JSON describing the request, with `x-standin-api`. Over HTTP/1.x it also carries
 /// response hop-by-hop headers (`Connection: x-hop-response`, `x-hop-response`, `Keep-Alive`)
 /// for the sidecar to strip; HTTP/2 forbids them, and hyper would drop them anyway.
-fn echo(api: Api, parts: &Parts, path_and_query: &str, body_len: usize) -> Response<Body> {
+fn echo(
+    api: Api,
+    parts: &Parts,
+    path_and_query: &str,
+    body_len: usize,
+    token_number: Option<usize>,
+) -> Response<Body> {
     let mut resp = wire::json(
         StatusCode::OK,
         &serde_json::json!({
@@ -145,6 +172,7 @@ fn echo(api: Api, parts: &Parts, path_and_query: &str, body_len: usize) -> Respo
             "path_and_query": path_and_query,
             "body_len": body_len,
             "authorization_seen": true,
+            "token_number": token_number,
         }),
     );
     wire::set_header(

@@ -27,7 +27,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use api::download_byte;
+pub use api::{download_byte, REVOKE_PATH};
 
 use knobs::{lock, JwtLifetime, Shared};
 

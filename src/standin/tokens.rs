@@ -76,6 +76,11 @@ impl Registry {
         !issued.revoked && issued.expires_at.is_none_or(|at| Instant::now() < at)
     }
 
+    /// Which issued token `token` is (1 for the first), if it was issued here.
+    pub fn number(&self, token: &str) -> Option<usize> {
+        self.by_token.get(token).map(|&i| i + 1)
+    }
+
     pub fn access_tokens(&self) -> Vec<String> {
         self.issued.iter().map(|i| i.token.clone()).collect()
     }
