@@ -1,0 +1,412 @@
+//! The token lifecycle of PRODUCT.md §3.1 end to end, over loopback TCP: single flight, refresh
+//! ahead, real expiries, the rate limit, and what the application sees when the token endpoint
+//! fails. Every test runs its own stand-in and sidecar.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use nexus_sidecar::standin::{Api, Credentials, Failure, StandIn};
+use support::*;
+use tokio::task::JoinSet;
+use tokio::time::{timeout, Instant};
+
+/// Generous bound on anything that waits for the sidecar: a hang fails instead of blocking CI.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `n` concurrent GETs of `url`; the replies in completion order.
+async fn burst(http: &Http, url: &str, n: usize) -> Vec<Reply> {
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let (http, url) = (http.clone(), url.to_string());
+        set.spawn(async move { http.get(&url).await });
+    }
+    let mut replies = Vec::with_capacity(n);
+    while let Some(reply) = set.join_next().await {
+        replies.push(reply.unwrap());
+    }
+    replies
+}
+
+fn assert_all(replies: &[Reply], status: StatusCode) {
+    for reply in replies {
+        assert_eq!(reply.status, status, "{}", reply.text());
+    }
+}
+
+/// The bearer token of the last request the protected API saw.
+fn last_token(s: &StandIn) -> String {
+    s.seen().last().unwrap().token.clone().unwrap()
+}
+
+/// Asserts the sidecar's own §3.4 token error and returns its JSON.
+fn token_error(reply: &Reply, status: StatusCode) -> serde_json::Value {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert!(!reply.text().contains(SECRET_MARK), "{}", reply.text());
+    let json = reply.json();
+    assert_eq!(json["error"], "token_unavailable", "{json}");
+    assert_eq!(json["upstream"], "api", "{json}");
+    json
+}
+
+// --- single flight -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sequential_requests_share_one_token() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let http = Http::default();
+    for i in 0..100 {
+        let reply = http.get(&r.url("api", &format!("/v1/items/{i}"))).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+    assert_eq!(s.token_requests(), 1);
+    let issued = s.issued_tokens();
+    assert_eq!(issued.len(), 1);
+    let seen = s.seen();
+    assert_eq!(seen.len(), 100, "no request was replayed");
+    assert!(seen
+        .iter()
+        .all(|x| x.authorized && x.token.as_deref() == Some(issued[0].as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_burst_makes_one_token_request() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let replies = timeout(
+        PATIENCE,
+        burst(&Http::default(), &r.url("api", "/v1/x"), 200),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replies.len(), 200);
+    assert_all(&replies, StatusCode::OK);
+    assert_eq!(s.token_requests(), 1);
+    assert_eq!(s.seen().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_burst_waits_for_a_held_token_request() {
+    // The token endpoint holds the first request, so the whole burst piles up behind it.
+    let (s, r) = pair(Api::Quantoz, "", "").await;
+    s.hold_token_requests(true);
+    let (http, url) = (Http::default(), r.url("api", "/v1/x"));
+    let task = tokio::spawn(async move { burst(&http, &url, 100).await });
+    timeout(PATIENCE, s.wait_held(1)).await.unwrap();
+    assert_eq!(s.api_requests(), 0, "nothing goes upstream without a token");
+    s.hold_token_requests(false);
+    let replies = timeout(PATIENCE, task).await.unwrap().unwrap();
+    assert_all(&replies, StatusCode::OK);
+    assert_eq!(s.token_requests(), 1);
+}
+
+// --- refresh ahead ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_runs_in_the_background_while_the_live_token_serves() {
+    // `refresh_before` longer than the lifetime: a refresh is due as soon as a token arrives.
+    let (s, r) = pair(
+        Api::NuvyNexus,
+        "",
+        "refresh_before = \"1h\"\nmin_refresh_interval = \"0s\"",
+    )
+    .await;
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    assert_eq!(http.get(&url).await.status, 200);
+    let first = s.issued_tokens()[0].clone();
+
+    s.hold_token_requests(true);
+    // The next request starts the background refresh, which the stand-in now holds.
+    for _ in 0..50 {
+        let reply = http.get(&url).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if s.held_token_requests() >= 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    timeout(PATIENCE, s.wait_held(1)).await.unwrap();
+    let seen_before = s.seen().len();
+
+    // No request waits for the held refresh, and none starts a second one.
+    let replies = timeout(PATIENCE, burst(&http, &url, 20)).await.unwrap();
+    assert_all(&replies, StatusCode::OK);
+    for _ in 0..20 {
+        assert_eq!(http.get(&url).await.status, 200);
+    }
+    assert_eq!(s.held_token_requests(), 1);
+    assert_eq!(s.token_requests(), 2);
+    let during = &s.seen()[seen_before..];
+    assert_eq!(during.len(), 40);
+    assert!(during
+        .iter()
+        .all(|x| x.authorized && x.token.as_deref() == Some(first.as_str())));
+
+    // Released: later requests move on to the refreshed token.
+    s.hold_token_requests(false);
+    let mut moved = false;
+    for _ in 0..1000 {
+        let reply = timeout(PATIENCE, http.get(&url)).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if last_token(&s) != first {
+            moved = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        moved,
+        "requests kept using the first token after the refresh"
+    );
+    let issued = s.issued_tokens();
+    assert!(issued.len() >= 2);
+    assert!(issued[1..].contains(&last_token(&s)));
+    assert!(s.seen().iter().all(|x| x.authorized));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roll_over_across_real_expiries() {
+    let s = standin(Api::NuvyNexus).await;
+    s.set_expires_in(Some(2));
+    let r = sidecar(&upstream_toml("api", &s, "", "")).await;
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    // A steady client: one request every 20 ms until the fourth token has been issued.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut requests = 0;
+    timeout(PATIENCE, async {
+        while s.issued_tokens().len() < 4 && requests < 1500 {
+            pace.tick().await;
+            let reply = http.get(&url).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            requests += 1;
+        }
+    })
+    .await
+    .unwrap();
+    let issued = s.issued_tokens();
+    assert!(
+        issued.len() >= 4,
+        "{} tokens after {requests} requests",
+        issued.len()
+    );
+    let seen = s.seen();
+    assert_eq!(seen.len(), requests, "no request needed a replay");
+    for x in &seen {
+        assert!(x.authorized, "an expired token was sent");
+        assert!(issued.contains(x.token.as_ref().unwrap()));
+    }
+    // Every token that was issued got used: refreshes were not wasted.
+    let used: std::collections::HashSet<_> = seen.iter().filter_map(|x| x.token.clone()).collect();
+    assert!(used.len() >= 3, "{} distinct tokens used", used.len());
+}
+
+// --- token endpoint failures -------------------------------------------------------------------
+
+async fn wrong_credentials(api: Api, code: &str) {
+    let s = standin(api).await;
+    let good = credentials(api).secret;
+    let toml = upstream_toml("api", &s, "", "").replace(&good, &format!("{SECRET_MARK}-wrong"));
+    assert_ne!(toml, upstream_toml("api", &s, "", ""));
+    let r = sidecar(&toml).await;
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+
+    let first = http.get(&url).await;
+    let json = token_error(&first, StatusCode::BAD_GATEWAY);
+    assert_eq!(json["token_error"], code, "{json}");
+    assert_eq!(s.token_requests(), 1);
+
+    // Backing off: the same answer at once, without asking the endpoint again.
+    let second = http.get(&url).await;
+    let json = token_error(&second, StatusCode::BAD_GATEWAY);
+    assert_eq!(json["token_error"], code, "{json}");
+    assert_eq!(s.token_requests(), 1);
+    assert_eq!(s.api_requests(), 0);
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_fast_with_the_endpoint_code_nuvy_nexus() {
+    wrong_credentials(Api::NuvyNexus, "invalid_client").await;
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_fast_with_the_endpoint_code_quantoz() {
+    wrong_credentials(Api::Quantoz, "invalid_client").await;
+}
+
+#[tokio::test]
+async fn rotated_credentials_at_the_endpoint_are_reported_not_retried() {
+    let (s, r) = pair(Api::NuvyLegacy, "", "").await;
+    s.set_credentials(Credentials::new("someone-else", "other"));
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    for _ in 0..5 {
+        let json = token_error(&http.get(&url).await, StatusCode::BAD_GATEWAY);
+        assert_eq!(json["token_error"], "invalid_client", "{json}");
+    }
+    assert_eq!(s.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn a_5xx_from_the_token_endpoint_is_503_and_backs_off() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    s.fail_token_requests(usize::MAX, Failure::Status(503));
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    let json = token_error(&http.get(&url).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(json.get("token_error").is_none_or(|c| c == "server_error"));
+    assert_eq!(s.token_requests(), 1);
+
+    let json = token_error(&http.get(&url).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        json["error_description"].as_str().unwrap().contains("503"),
+        "{json}"
+    );
+    assert_eq!(s.token_requests(), 1, "no token request while backing off");
+    assert_eq!(s.api_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_429_from_the_token_endpoint_honours_retry_after() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    s.fail_token_requests(
+        1,
+        Failure::TooManyRequests {
+            retry_after_secs: 30,
+        },
+    );
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    let json = token_error(&http.get(&url).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        json["error_description"].as_str().unwrap().contains("429"),
+        "{json}"
+    );
+    // The endpoint would answer now, but Retry-After asked for 30 s.
+    for _ in 0..5 {
+        token_error(&http.get(&url).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(s.token_requests(), 1);
+}
+
+async fn nonsense_200(failure: Failure, expect: &str) {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    s.fail_token_requests(1, failure);
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    let json = token_error(&http.get(&url).await, StatusCode::BAD_GATEWAY);
+    let description = json["error_description"].as_str().unwrap();
+    assert!(description.contains("no usable token"), "{json}");
+    assert!(description.contains(expect), "{json}");
+    assert!(json.get("token_error").is_none(), "{json}");
+    // Still serving (no panic), and backing off rather than asking again.
+    token_error(&http.get(&url).await, StatusCode::BAD_GATEWAY);
+    assert_eq!(s.token_requests(), 1);
+    assert_eq!(s.api_requests(), 0);
+}
+
+#[tokio::test]
+async fn an_html_200_is_a_502_with_a_clear_description() {
+    nonsense_200(Failure::Html200, "not JSON").await;
+}
+
+#[tokio::test]
+async fn a_200_without_access_token_is_a_502_with_a_clear_description() {
+    nonsense_200(Failure::MissingAccessToken, "access_token").await;
+}
+
+// --- rate limit --------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_401_upstream_costs_one_token_request_per_interval_1h() {
+    let (s, r) = pair(Api::NuvyNexus, "", "min_refresh_interval = \"1h\"").await;
+    s.set_api_always_401(true);
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    for _ in 0..50 {
+        let reply = http.get(&url).await;
+        assert_eq!(reply.status, 401);
+        assert!(reply.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token"));
+    }
+    let replies = timeout(PATIENCE, burst(&http, &url, 100)).await.unwrap();
+    assert_all(&replies, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.token_requests(), 1);
+    assert_eq!(
+        s.seen().len(),
+        150,
+        "a 401 on a young token is not replayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_401_upstream_costs_one_token_request_per_interval_300ms() {
+    let (s, r) = pair(Api::NuvyNexus, "", "min_refresh_interval = \"300ms\"").await;
+    s.set_api_always_401(true);
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    let start = Instant::now();
+    let mut requests = 0;
+    timeout(PATIENCE, async {
+        // Long enough for the first token to age past the interval; capped in iterations.
+        for _ in 0..2000 {
+            if start.elapsed() >= Duration::from_millis(1200) {
+                break;
+            }
+            let replies = burst(&http, &url, 10).await;
+            assert_all(&replies, StatusCode::UNAUTHORIZED);
+            requests += replies.len();
+        }
+    })
+    .await
+    .unwrap();
+    let elapsed = start.elapsed();
+    let allowed = 2 + (elapsed.as_millis() / 300) as usize;
+    let made = s.token_requests();
+    assert!(made <= allowed, "{made} token requests in {elapsed:?}");
+    assert!(
+        made >= 2,
+        "a 401 on a token older than the interval re-authenticates"
+    );
+    assert!(
+        s.seen().len() <= 2 * requests,
+        "at most two attempts per request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_sidecar_stays_under_the_quantoz_rate_limit() {
+    let (s, r) = pair(Api::Quantoz, "", "").await;
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    let start = Instant::now();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    timeout(PATIENCE, async {
+        for _ in 0..10 {
+            s.revoke_all();
+            for reply in burst(&http, &url, 30).await {
+                *statuses.entry(reply.status.as_u16()).or_default() += 1;
+                if reply.status != 200 && reply.status != 401 {
+                    panic!("{}: {}", reply.status, reply.text());
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(statuses.values().sum::<usize>(), 300);
+    assert!(!statuses.contains_key(&429), "{statuses:?}");
+    let made = s.token_requests();
+    // Default min_refresh_interval: one token request per second at most.
+    let allowed = 2 + elapsed.as_secs() as usize;
+    assert!(made <= allowed, "{made} token requests in {elapsed:?}");
+    assert!(made < 60);
+}
