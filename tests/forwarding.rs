@@ -1,0 +1,324 @@
+//! PRODUCT.md §3.2 end to end: what the upstream receives and what the application gets back.
+//! Headers (Authorization, hop-by-hop, Host, static headers), paths and queries byte for byte,
+//! large bodies both ways, h2c and keep-alive from the application, every method.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+mod wire;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{Method, Request, Version};
+use http_body_util::{Empty, Full};
+use nexus_sidecar::standin::{download_byte, Api};
+use support::*;
+use wire::*;
+
+/// A body whose bytes depend on their position, so a reordering or a lost chunk shows.
+fn upload_pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 13)) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn the_apps_authorization_is_replaced_by_the_sidecars_token() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let reply = Http::default()
+        .send(
+            Method::GET,
+            &r.url("api", "/v1/me"),
+            &[("authorization", "Bearer app-token")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = s.seen();
+    assert_eq!(seen.len(), 1);
+    let values: Vec<_> = seen[0].headers.get_all(AUTHORIZATION).iter().collect();
+    assert_eq!(values.len(), 1, "{values:?}");
+    assert_eq!(values[0], &format!("Bearer {}", s.issued_tokens()[0]));
+    assert!(seen[0].authorized);
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_dropped_and_host_is_the_targets() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let reply = Http::default()
+        .send(
+            Method::GET,
+            &r.url("api", "/v1/things"),
+            &[
+                ("connection", "x-private"),
+                ("x-private", "for the sidecar only"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic cHJveHk6cHc="),
+                ("te", "trailers"),
+                ("upgrade", "websocket"),
+                ("proxy-connection", "keep-alive"),
+                ("trailer", "x-checksum"),
+                ("x-request-id", "abc-123"),
+                ("accept", "application/json"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = s.seen();
+    let h = &seen[0].headers;
+    for gone in [
+        "connection",
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "trailer",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h:?}");
+    }
+    assert_eq!(h["x-request-id"], "abc-123");
+    assert_eq!(h["accept"], "application/json");
+    assert_eq!(h.get_all("host").iter().count(), 1);
+    assert_eq!(h["host"], s.addr().to_string().as_str());
+    assert_ne!(h["host"], r.addr("api").to_string().as_str());
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_do_not_reach_the_app() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let http = Http::default();
+    let reply = http.get(&r.url("api", "/v1/things")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.headers["x-standin-api"], "nuvy-nexus");
+    assert!(
+        reply.headers.get("x-hop-response").is_none(),
+        "{:?}",
+        reply.headers
+    );
+    assert!(
+        reply.headers.get("keep-alive").is_none(),
+        "{:?}",
+        reply.headers
+    );
+    if let Some(c) = reply.headers.get("connection") {
+        assert!(!c.to_str().unwrap().contains("x-hop-response"));
+    }
+
+    // Control: the stand-in really sends them, so the test above is not vacuous.
+    let direct = http
+        .send(
+            Method::GET,
+            &format!("{}/v1/things", s.base_url()),
+            &[("authorization", &format!("Bearer {}", s.issued_tokens()[0]))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(direct.status, 200);
+    assert_eq!(direct.headers["x-hop-response"], "1");
+    assert_eq!(direct.headers["keep-alive"], "timeout=5");
+}
+
+#[tokio::test]
+async fn path_and_query_arrive_verbatim_under_the_base_path_with_static_headers() {
+    let s = standin(Api::NuvyNexus).await;
+    let toml = upstream_toml("api", &s, "headers = { request_iso8601 = \"true\" }", "").replace(
+        &format!("target = \"{}\"", s.base_url()),
+        &format!("target = \"{}/base\"", s.base_url()),
+    );
+    assert!(toml.contains("/base\""), "{toml}");
+    let r = sidecar(&toml).await;
+    let reply = Http::default()
+        .send(
+            Method::GET,
+            &r.url("api", "/a%2Fb/c%20d?x=1&y=%2B&z"),
+            &[("request_iso8601", "false")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = s.seen();
+    assert_eq!(seen[0].path_and_query, "/base/a%2Fb/c%20d?x=1&y=%2B&z");
+    let values: Vec<_> = seen[0].headers.get_all("request_iso8601").iter().collect();
+    assert_eq!(values, ["true"]);
+}
+
+async fn upload(max_replay_body: &str) {
+    let (s, r) = pair(
+        Api::NuvyNexus,
+        &format!("max_replay_body = \"{max_replay_body}\""),
+        "",
+    )
+    .await;
+    let body = upload_pattern(10 * 1024 * 1024);
+    let reply = Http::default()
+        .post(&r.url("api", "/upload"), body.clone())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["body_len"], body.len());
+    let seen = s.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.len(), body.len());
+    assert!(seen[0].body == body, "the upstream got different bytes");
+}
+
+#[tokio::test]
+async fn ten_mib_upload_buffered_for_replay() {
+    upload("16MiB").await;
+}
+
+#[tokio::test]
+async fn ten_mib_upload_streamed() {
+    upload("1KiB").await;
+}
+
+#[tokio::test]
+async fn ten_mib_download() {
+    let (_s, r) = pair(Api::NuvyNexus, "", "").await;
+    let len: u64 = 10 * 1024 * 1024;
+    let reply = Http::default()
+        .get(&r.url("api", &format!("/download?bytes={len}")))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len() as u64, len);
+    let mismatch = reply
+        .body
+        .iter()
+        .enumerate()
+        .find(|&(i, &b)| b != download_byte(i as u64));
+    assert_eq!(mismatch, None, "first differing byte");
+}
+
+/// A body beyond `max_replay_body` of unknown length goes upstream as it arrives: the second
+/// half is only produced after the upstream has received the first, so a sidecar that buffered
+/// the body would never get there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_is_streamed_not_buffered() {
+    let (upstream, watched) = watching_upstream(64 * 1024).await;
+    let r = sidecar(&format!(
+        "[[upstream]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"http://{upstream}\"\nmax_replay_body = \"1KiB\"\n[upstream.auth]\nflow = \"static\"\ntoken = \"static-token\"\n"
+    ))
+    .await;
+    let body = upload_pattern(128 * 1024);
+    let (tx, channel) = channel_body();
+    let mut conn = one_connection(r.addr("api")).await;
+    let request = Request::post(format!("http://{}/stream", r.addr("api")))
+        .body(channel)
+        .unwrap();
+    let response = tokio::spawn(conn.send_request(request));
+
+    tx.send(body.slice(..64 * 1024)).await.unwrap();
+    // Only a guard against hanging forever: if the sidecar buffered, progress never comes.
+    tokio::time::timeout(Duration::from_secs(30), watched.progress)
+        .await
+        .expect("the upstream never saw the first half: the body was buffered")
+        .unwrap();
+    tx.send(body.slice(64 * 1024..)).await.unwrap();
+    drop(tx);
+
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let (parts, got) = watched.request.await.unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the upstream got different bytes");
+    assert_eq!(parts.headers[AUTHORIZATION], "Bearer static-token");
+}
+
+#[tokio::test]
+async fn h2c_from_the_app_end_to_end() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let http = Http::h2c();
+    let reply = http.get(&r.url("api", "/v1/h2?q=1")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.version, Version::HTTP_2);
+    assert_eq!(reply.headers["x-standin-api"], "nuvy-nexus");
+    let posted = http.post(&r.url("api", "/v1/h2"), "over h2c").await;
+    assert_eq!(posted.status, 200);
+    let seen = s.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].path_and_query, "/v1/h2?q=1");
+    assert!(seen.iter().all(|x| x.authorized));
+    assert_eq!(seen[1].body, "over h2c");
+    // The application's h2 `:authority` is the sidecar's; upstream gets the target's.
+    assert_eq!(seen[0].headers["host"], s.addr().to_string().as_str());
+}
+
+#[tokio::test]
+async fn http1_keep_alive_serves_several_requests_on_one_connection() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let mut conn = one_connection::<Full<Bytes>>(r.addr("api")).await;
+    for i in 0..5 {
+        conn.ready()
+            .await
+            .expect("the sidecar closed the connection");
+        let request = Request::post(format!("/v1/n/{i}"))
+            .header("host", r.addr("api").to_string())
+            .body(Full::new(Bytes::from(format!("body {i}"))))
+            .unwrap();
+        let reply = reply(conn.send_request(request).await.unwrap()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(reply.headers.get("connection").is_none_or(|c| c != "close"));
+    }
+    let seen = s.seen();
+    assert_eq!(seen.len(), 5);
+    for (i, x) in seen.iter().enumerate() {
+        assert_eq!(x.path_and_query, format!("/v1/n/{i}"));
+        assert_eq!(x.body, format!("body {i}"));
+    }
+    assert_eq!(s.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn methods_are_forwarded_intact() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let http = Http::default();
+    let methods = [
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    for m in &methods {
+        let body = match *m {
+            Method::PUT | Method::PATCH => Bytes::from(format!("{m} body")),
+            _ => Bytes::new(),
+        };
+        let reply = http
+            .send(m.clone(), &r.url("api", "/v1/item/7"), &[], body)
+            .await;
+        assert_eq!(reply.status, 200, "{m}: {}", reply.text());
+        if *m == Method::HEAD {
+            assert!(reply.body.is_empty());
+        } else {
+            assert_eq!(reply.json()["method"], m.as_str());
+        }
+    }
+    let seen = s.seen();
+    let got: Vec<_> = seen.iter().map(|x| x.method.clone()).collect();
+    assert_eq!(got, methods);
+    assert_eq!(seen[0].body, "PUT body");
+    assert_eq!(seen[1].body, "PATCH body");
+    assert!(seen.iter().all(|x| x.path_and_query == "/v1/item/7"));
+}
+
+/// An empty body stays empty (no stray `Transfer-Encoding: chunked` upstream).
+#[tokio::test]
+async fn an_empty_get_is_sent_without_a_body() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let mut conn = one_connection::<Empty<Bytes>>(r.addr("api")).await;
+    let request = Request::get("/v1/empty")
+        .header("host", r.addr("api").to_string())
+        .body(Empty::new())
+        .unwrap();
+    let reply = reply(conn.send_request(request).await.unwrap()).await;
+    assert_eq!(reply.status, 200);
+    let seen = s.seen();
+    assert!(seen[0].body.is_empty());
+    assert!(seen[0].headers.get("transfer-encoding").is_none());
+}
