@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nexus_sidecar::config::{Config, LogFormat};
-use nexus_sidecar::server::DEFAULT_SHUTDOWN_GRACE;
 use nexus_sidecar::Sidecar;
 use tracing_subscriber::EnvFilter;
 
@@ -64,7 +63,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_FAILURE);
                 }
             };
-            sidecar.run(shutdown_signal(), DEFAULT_SHUTDOWN_GRACE).await;
+            sidecar.run(shutdown_signal(), config.shutdown_grace).await;
             ExitCode::SUCCESS
         }
     }

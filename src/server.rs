@@ -22,8 +22,7 @@ use crate::config::Config;
 use crate::proxy::{self, Upstream};
 use crate::token::{TokenCache, TokenError, TokenSource};
 
-/// How long in-flight requests may take to finish after a shutdown signal.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+pub use crate::config::DEFAULT_SHUTDOWN_GRACE;
 /// A client that sends no complete request head within this is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed `accept` (out of file descriptors, say), wait this long before the next.

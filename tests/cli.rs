@@ -47,24 +47,86 @@ fn the_example_configuration_loads() {
 
     let config = Config::from_toml(&text).unwrap();
     let names: Vec<_> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-    assert_eq!(names, ["nuvy", "nuvy-legacy", "quantoz", "nexudus", "nexushub", "internal", "public"]);
-    let kinds: Vec<_> = config.upstreams.iter().map(|u| u.auth.flow.kind()).collect();
+    assert_eq!(
+        names,
+        [
+            "nuvy",
+            "nuvy-legacy",
+            "quantoz",
+            "nexudus",
+            "nexushub",
+            "internal",
+            "public"
+        ]
+    );
+    let kinds: Vec<_> = config
+        .upstreams
+        .iter()
+        .map(|u| u.auth.flow.kind())
+        .collect();
     use FlowKind::*;
-    assert_eq!(kinds, [ClientCredentials, ClientCredentials, ClientCredentials, Password, Nexushub, Static, None]);
+    assert_eq!(
+        kinds,
+        [
+            ClientCredentials,
+            ClientCredentials,
+            ClientCredentials,
+            Password,
+            Nexushub,
+            Static,
+            None
+        ]
+    );
     let Flow::ClientCredentials(nuvy) = &config.upstreams[0].auth.flow else {
         unreachable!()
     };
     assert_eq!(nuvy.client.secret.value.expose(), "from-a-file");
-    assert!(config.warnings.is_empty(), "no literal secrets: {:?}", config.warnings);
+    assert!(
+        config.warnings.is_empty(),
+        "no literal secrets: {:?}",
+        config.warnings
+    );
     // Every key of PRODUCT.md §2 appears in the example, set or commented.
     for key in [
-        "[admin]", "listen", "[log]", "level", "format", "name", "preset", "environment", "target",
-        "headers", "retry_on", "max_replay_body", "connect_timeout", "request_timeout", "ca_file",
-        "flow", "token_url", "client_id", "client_secret", "client_auth", "scope", "extra_params",
-        "refresh_before", "min_refresh_interval", "token_lifetime", "timeout", "username",
-        "password", "totp_secret", "auth_url", "user_key", "user_secret", "token",
+        "shutdown_grace",
+        "[admin]",
+        "listen",
+        "[log]",
+        "level",
+        "format",
+        "name",
+        "preset",
+        "environment",
+        "target",
+        "headers",
+        "retry_on",
+        "max_replay_body",
+        "connect_timeout",
+        "request_timeout",
+        "ca_file",
+        "flow",
+        "token_url",
+        "client_id",
+        "client_secret",
+        "client_auth",
+        "scope",
+        "extra_params",
+        "refresh_before",
+        "min_refresh_interval",
+        "token_lifetime",
+        "timeout",
+        "username",
+        "password",
+        "totp_secret",
+        "auth_url",
+        "user_key",
+        "user_secret",
+        "token",
     ] {
-        assert!(EXAMPLE.contains(&format!("{key} ")) || EXAMPLE.contains(key), "{key}");
+        assert!(
+            EXAMPLE.contains(&format!("{key} ")) || EXAMPLE.contains(key),
+            "{key}"
+        );
     }
 }
 
@@ -88,7 +150,10 @@ fn a_bad_configuration_exits_64_naming_the_key_and_line() {
     let out = sidecar(&["--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 5") && stderr.contains("unknown field `retry`"), "{stderr}");
+    assert!(
+        stderr.contains("line 5") && stderr.contains("unknown field `retry`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("retry_on"), "says what is valid: {stderr}");
 }
 

@@ -36,12 +36,16 @@ pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Default `timeout` of one token request, connect to last byte.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Default `[log] level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// A valid configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut off.
+    pub shutdown_grace: Duration,
     /// `[admin]`, if present.
     pub admin: Option<AdminConfig>,
     /// `[log]`.

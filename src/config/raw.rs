@@ -15,6 +15,7 @@ use crate::secret::SecretSource;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    pub shutdown_grace: Option<Dur>,
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
     #[serde(default)]

@@ -60,6 +60,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError
         return Err(ConfigError::Invalid(v.problems));
     }
     Ok(Config {
+        shutdown_grace: raw.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         admin: admin.map(|(a, _)| a),
         log,
         upstreams,
