@@ -1,0 +1,174 @@
+//! HTTPS upstreams end to end: a test CA made with rcgen, a TLS stand-in, `ca_file` trusted for
+//! both the API and its token endpoint, and HTTP/2 or HTTP/1.1 chosen by ALPN (§3.2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::Version;
+use nexus_sidecar::standin::{Api, StandIn};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use support::*;
+use wire::*;
+
+/// A CA and a `localhost` server certificate it signed.
+struct Pki {
+    ca_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn pki() -> Pki {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "nexus-sidecar test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        chain: vec![leaf_cert.der().clone()],
+        key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+    }
+}
+
+fn server_config(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(pki.chain.clone(), pki.key.clone_key())
+    .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A file in the temp directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &str) -> TempFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "nexus-sidecar-tls-{}-{}.pem",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn tls_standin(pki: &Pki, alpn: &[&[u8]]) -> StandIn {
+    let s = StandIn::start_tls(
+        Api::NuvyNexus,
+        credentials(Api::NuvyNexus),
+        server_config(pki, alpn),
+    )
+    .await
+    .unwrap();
+    assert!(s.base_url().starts_with("https://localhost:"));
+    assert!(s.token_url().starts_with("https://localhost:"));
+    s
+}
+
+/// Runs one request through a sidecar that trusts the test CA; returns what the API saw.
+async fn through_tls(alpn: &[&[u8]]) -> Version {
+    let pki = pki();
+    let s = tls_standin(&pki, alpn).await;
+    let ca = TempFile::new(&pki.ca_pem);
+    let toml = upstream_toml("api", &s, &format!("ca_file = \"{}\"", ca.0.display()), "");
+    let r = sidecar(&toml).await;
+    let reply = Http::default().get(&r.url("api", "/v1/tls?x=1")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.headers["x-standin-api"], "nuvy-nexus");
+    assert_eq!(s.token_requests(), 1);
+    let seen = s.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].authorized);
+    assert_eq!(seen[0].path_and_query, "/v1/tls?x=1");
+    seen[0].version
+}
+
+#[tokio::test]
+async fn https_upstream_with_ca_file_speaks_h2_by_alpn() {
+    assert_eq!(through_tls(&[b"h2", b"http/1.1"]).await, Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn https_upstream_offering_only_http1_gets_http1() {
+    assert_eq!(through_tls(&[b"http/1.1"]).await, Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn without_ca_file_the_token_endpoint_is_not_trusted() {
+    let pki = pki();
+    let s = tls_standin(&pki, &[b"h2", b"http/1.1"]).await;
+    let r = sidecar(&upstream_toml("api", &s, "", "")).await;
+    let reply = Http::default().get(&r.url("api", "/v1/tls")).await;
+    let json = assert_error(&reply, 503, "token_unavailable", "api", &[]);
+    let description = json["error_description"].as_str().unwrap();
+    assert!(description.contains("token endpoint"), "{description}");
+    assert!(json.get("token_error").is_none(), "{json}");
+    // The handshake failed before any HTTP request reached the stand-in.
+    assert_eq!(s.token_requests(), 0);
+    assert_eq!(s.api_requests(), 0);
+}
+
+/// h2 flow control both ways: bodies well beyond the initial 64 KiB windows.
+#[tokio::test]
+async fn large_bodies_over_h2() {
+    let pki = pki();
+    let s = tls_standin(&pki, &[b"h2"]).await;
+    let ca = TempFile::new(&pki.ca_pem);
+    let toml = upstream_toml(
+        "api",
+        &s,
+        &format!(
+            "ca_file = \"{}\"\nmax_replay_body = \"64KiB\"",
+            ca.0.display()
+        ),
+        "",
+    );
+    let r = sidecar(&toml).await;
+    let http = Http::default();
+    let len = 3 * 1024 * 1024;
+    let down = http
+        .get(&r.url("api", &format!("/download?bytes={len}")))
+        .await;
+    assert_eq!(down.status, 200);
+    assert_eq!(down.body.len(), len);
+    assert!(down
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == nexus_sidecar::standin::download_byte(i as u64)));
+    let body: bytes::Bytes = (0..len).map(|i| (i % 253) as u8).collect::<Vec<_>>().into();
+    let up = http.post(&r.url("api", "/upload"), body.clone()).await;
+    assert_eq!(up.status, 200, "{}", up.text());
+    let seen = s.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|x| x.version == Version::HTTP_2));
+    assert!(seen[1].body == body, "the upstream got different bytes");
+}
