@@ -29,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;
