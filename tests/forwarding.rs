@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Version};
-use http_body_util::{Empty, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use nexus_sidecar::standin::{download_byte, Api};
 use support::*;
 use wire::*;
@@ -53,7 +53,8 @@ async fn hop_by_hop_request_headers_are_dropped_and_host_is_the_targets() {
             Method::GET,
             &r.url("api", "/v1/things"),
             &[
-                ("connection", "x-private"),
+                // Connection options are case-insensitive tokens (RFC 9110 §7.6.1).
+                ("connection", "X-Private, Keep-Alive"),
                 ("x-private", "for the sidecar only"),
                 ("keep-alive", "timeout=5"),
                 ("proxy-authorization", "Basic cHJveHk6cHc="),
@@ -299,12 +300,28 @@ async fn methods_are_forwarded_intact() {
             assert_eq!(reply.json()["method"], m.as_str());
         }
     }
-    let seen = s.seen();
+    // HEAD keeps the length a GET would have had, without the body.
+    let head = http
+        .send(
+            Method::HEAD,
+            &r.url("api", "/download?bytes=1234"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-length"], "1234");
+    assert!(head.body.is_empty());
+
+    let seen: Vec<_> = s
+        .seen()
+        .into_iter()
+        .filter(|x| x.path_and_query == "/v1/item/7")
+        .collect();
     let got: Vec<_> = seen.iter().map(|x| x.method.clone()).collect();
     assert_eq!(got, methods);
     assert_eq!(seen[0].body, "PUT body");
     assert_eq!(seen[1].body, "PATCH body");
-    assert!(seen.iter().all(|x| x.path_and_query == "/v1/item/7"));
 }
 
 /// An empty body stays empty (no stray `Transfer-Encoding: chunked` upstream).
@@ -321,4 +338,64 @@ async fn an_empty_get_is_sent_without_a_body() {
     let seen = s.seen();
     assert!(seen[0].body.is_empty());
     assert!(seen[0].headers.get("transfer-encoding").is_none());
+}
+
+/// Statuses without a body (204, 304) and error statuses come back as the upstream sent them.
+#[tokio::test]
+async fn upstream_statuses_pass_through() {
+    let (_s, r) = pair(Api::NuvyNexus, "", "").await;
+    let http = Http::default();
+    for code in [201u16, 204, 304, 404, 418, 500, 503] {
+        let reply = http.get(&r.url("api", &format!("/status/{code}"))).await;
+        assert_eq!(reply.status.as_u16(), code);
+        if code == 204 || code == 304 {
+            assert!(reply.body.is_empty());
+        } else {
+            assert_eq!(
+                reply.json()["status"],
+                code,
+                "the upstream's body, not the sidecar's"
+            );
+        }
+    }
+}
+
+/// Response bodies go to the application as they arrive: the upstream sends its second half
+/// only after the application has received the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_is_streamed_not_buffered() {
+    let (upstream, body_tx) = dribbling_upstream().await;
+    let r = sidecar(&format!(
+        "[[upstream]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"http://{upstream}\"\n[upstream.auth]\nflow = \"static\"\ntoken = \"static-token\"\n"
+    ))
+    .await;
+    let mut conn = one_connection::<Empty<Bytes>>(r.addr("api")).await;
+    let request = Request::get("/big")
+        .header("host", r.addr("api").to_string())
+        .body(Empty::new())
+        .unwrap();
+    let response = tokio::spawn(conn.send_request(request));
+    let body_tx = body_tx.await.unwrap();
+    let half = 256 * 1024;
+    let body = upload_pattern(2 * half);
+    body_tx.send(body.slice(..half)).await.unwrap();
+
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let mut incoming = response.into_body();
+    let mut got = Vec::new();
+    // Only a guard against hanging forever: a buffering sidecar never sends the first half.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got.len() < half {
+            let frame = incoming.frame().await.unwrap().unwrap();
+            got.extend_from_slice(&frame.into_data().unwrap());
+        }
+    })
+    .await
+    .expect("the app never got the first half: the response was buffered");
+    body_tx.send(body.slice(half..)).await.unwrap();
+    drop(body_tx);
+    got.extend_from_slice(&incoming.collect().await.unwrap().to_bytes());
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the app got different bytes");
 }

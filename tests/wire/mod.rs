@@ -270,3 +270,33 @@ fn check_error_json(
     }
     json.clone()
 }
+
+/// A plain HTTP/1.1 upstream on 127.0.0.1:0 whose response body the test writes: the first
+/// request that arrives is answered `200` with a [`ChannelBody`] of unknown length, and its
+/// sender is handed over on the returned channel. It checks no token.
+pub async fn dribbling_upstream() -> (SocketAddr, oneshot::Receiver<mpsc::Sender<Bytes>>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            let service = service_fn(move |_req: Request<Incoming>| {
+                let (body_tx, body) = channel_body();
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(body_tx);
+                }
+                async move { Ok::<_, Infallible>(Response::new(body)) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, rx)
+}
