@@ -121,15 +121,20 @@ async fn refresh_ahead_runs_in_the_background_while_the_live_token_serves() {
 
     s.hold_token_requests(true);
     // The next request starts the background refresh, which the stand-in now holds.
-    for _ in 0..50 {
-        let reply = http.get(&url).await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        if s.held_token_requests() >= 1 {
-            break;
+    // A request that waited for it would not come back until the hold is released.
+    timeout(PATIENCE, async {
+        for _ in 0..50 {
+            let reply = http.get(&url).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            if s.held_token_requests() >= 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
-    }
-    timeout(PATIENCE, s.wait_held(1)).await.unwrap();
+        s.wait_held(1).await;
+    })
+    .await
+    .expect("requests waited for the refresh, or none started one");
     let seen_before = s.seen().len();
 
     // No request waits for the held refresh, and none starts a second one.

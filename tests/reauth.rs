@@ -81,6 +81,32 @@ impl http_body::Body for Chunked {
     }
 }
 
+/// A request body fed from a channel, declaring `len` bytes up front, so the test decides when
+/// it ends.
+struct Fed {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    len: u64,
+}
+
+impl http_body::Body for Fed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
 /// POSTs `chunks` as a chunked body; the status and the concatenated chunks sent.
 async fn post_chunked(url: &str, chunks: Vec<Bytes>) -> (StatusCode, Bytes) {
     let whole: Bytes = chunks.concat().into();
@@ -106,6 +132,9 @@ async fn a_burst_of_401s_costs_one_token_request_and_replays_each_body_once() {
     let revoked = s.issued_tokens()[0].clone();
     s.revoke_all();
 
+    // The re-authentication is held at the token endpoint, so the rest of the burst piles up
+    // behind it: with a revoked token in hand or with none.
+    s.hold_token_requests(true);
     let url = r.url("api", "/v1/orders");
     let mut set = JoinSet::new();
     for i in 0..50 {
@@ -118,6 +147,8 @@ async fn a_burst_of_401s_costs_one_token_request_and_replays_each_body_once() {
             (i, reply)
         });
     }
+    timeout(PATIENCE, s.wait_held(1)).await.unwrap();
+    s.hold_token_requests(false);
     timeout(PATIENCE, async {
         while let Some(done) = set.join_next().await {
             let (i, reply) = done.unwrap();
@@ -324,4 +355,55 @@ async fn a_403_is_not_retried_by_default() {
     assert_eq!(reply.status, 403);
     assert_eq!(attempts_at(&s, "/status/403").len(), 1);
     assert_eq!(s.token_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_401_for_an_old_token_does_not_drop_the_newer_one() {
+    // Y streams a body too large to replay and carries token A; meanwhile A is revoked and X
+    // replaces it with B. When Y's 401 finally arrives, the cache holds B, which must stay.
+    let (s, r) = pair(Api::NuvyNexus, "max_replay_body = \"1KiB\"", NO_RATE_LIMIT).await;
+    let http = Http::default();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let half = Bytes::from(vec![b'y'; 2048]);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(r.url("api", "/late"))
+        .body(Fed { rx, len: 4096 })
+        .unwrap();
+    tx.send(half.clone()).await.unwrap();
+    s.hold_token_requests(true);
+    let y = tokio::spawn(async move {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Fed>();
+        let response = client.request(request).await.unwrap();
+        let status = response.status();
+        response.into_body().collect().await.unwrap();
+        status
+    });
+    // Y's cold start is the one token request: whatever it brings, Y sends.
+    timeout(PATIENCE, s.wait_held(1)).await.unwrap();
+    s.hold_token_requests(false);
+    let x = http.get(&r.url("api", "/x")).await;
+    assert_eq!(x.status, 200, "{}", x.text());
+    s.revoke_all();
+    let x = http.get(&r.url("api", "/x")).await;
+    assert_eq!(x.status, 200, "{}", x.text());
+    assert_eq!(s.token_requests(), 2);
+    let issued = s.issued_tokens();
+    let (a, b) = (issued[0].clone(), issued[1].clone());
+
+    tx.send(half).await.unwrap();
+    drop(tx);
+    let status = timeout(PATIENCE, y).await.unwrap().unwrap();
+    assert_eq!(status, 401, "Y carried the revoked token A");
+    let late = attempts_at(&s, "/late");
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].token.as_deref(), Some(a.as_str()));
+    assert_eq!(late[0].body.len(), 4096);
+
+    let z = http.get(&r.url("api", "/z")).await;
+    assert_eq!(z.status, 200, "{}", z.text());
+    let z = attempts_at(&s, "/z");
+    assert_eq!(z.len(), 1);
+    assert_eq!(z[0].token.as_deref(), Some(b.as_str()), "B was kept");
+    assert_eq!(s.token_requests(), 2);
 }
