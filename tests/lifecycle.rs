@@ -299,6 +299,106 @@ async fn a_429_from_the_token_endpoint_honours_retry_after() {
     assert_eq!(s.token_requests(), 1);
 }
 
+#[tokio::test]
+async fn a_501_grant_not_enabled_is_a_credential_error() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    s.disable_grant(true);
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    for _ in 0..3 {
+        let json = token_error(&http.get(&url).await, StatusCode::BAD_GATEWAY);
+        assert_eq!(json["token_error"], "unsupported_grant_type", "{json}");
+    }
+    assert_eq!(s.token_requests(), 1);
+}
+
+async fn unreachable_endpoint(failure: Failure, expect: &str) {
+    let (s, r) = pair(Api::NuvyNexus, "", "timeout = \"500ms\"").await;
+    s.fail_token_requests(usize::MAX, failure);
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    let first = timeout(PATIENCE, http.get(&url)).await.unwrap();
+    let json = token_error(&first, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        json["error_description"].as_str().unwrap().contains(expect),
+        "{json}"
+    );
+    let second = timeout(PATIENCE, http.get(&url)).await.unwrap();
+    token_error(&second, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn a_hanging_token_endpoint_times_out_into_a_503() {
+    unreachable_endpoint(Failure::Hang, "did not answer within").await;
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_closes_the_connection_is_a_503() {
+    unreachable_endpoint(Failure::Close, "cannot reach the token endpoint").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_failed_token_request_fail_fast() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    s.fail_token_requests(
+        usize::MAX,
+        Failure::TooManyRequests {
+            retry_after_secs: 30,
+        },
+    );
+    s.hold_token_requests(true);
+    let (http, url) = (Http::default(), r.url("api", "/v1/x"));
+    let task = tokio::spawn(async move { burst(&http, &url, 50).await });
+    timeout(PATIENCE, s.wait_held(1)).await.unwrap();
+    s.hold_token_requests(false);
+    let replies = timeout(PATIENCE, task).await.unwrap().unwrap();
+    for reply in &replies {
+        token_error(reply, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        s.token_requests(),
+        1,
+        "the failed request is not repeated by its waiters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_refresh_ahead_keeps_the_live_token_in_use() {
+    let (s, r) = pair(
+        Api::NuvyNexus,
+        "",
+        "refresh_before = \"1h\"\nmin_refresh_interval = \"0s\"",
+    )
+    .await;
+    let http = Http::default();
+    let url = r.url("api", "/v1/x");
+    assert_eq!(http.get(&url).await.status, 200);
+    let first = s.issued_tokens()[0].clone();
+
+    s.fail_token_requests(usize::MAX, Failure::Status(503));
+    // This request starts the background refresh, which fails.
+    assert_eq!(http.get(&url).await.status, 200);
+    timeout(PATIENCE, s.wait_token_requests(2)).await.unwrap();
+    let replies = timeout(PATIENCE, burst(&http, &url, 30)).await.unwrap();
+    assert_all(&replies, StatusCode::OK);
+    assert_eq!(s.issued_tokens(), std::slice::from_ref(&first));
+    assert!(s.seen().iter().all(|x| x.authorized));
+
+    // The endpoint recovers; once the backoff has passed, a refresh goes through.
+    s.fail_token_requests(0, Failure::Status(503));
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    timeout(PATIENCE, async {
+        while s.issued_tokens().len() < 2 {
+            pace.tick().await;
+            let reply = http.get(&url).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+        }
+    })
+    .await
+    .expect("the refresh resumes after the backoff");
+}
+
 async fn nonsense_200(failure: Failure, expect: &str) {
     let (s, r) = pair(Api::NuvyNexus, "", "").await;
     s.fail_token_requests(1, failure);
