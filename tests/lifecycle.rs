@@ -488,13 +488,21 @@ async fn an_always_401_upstream_costs_one_token_request_per_interval_300ms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loaded_sidecar_stays_under_the_quantoz_rate_limit() {
+    // Every token is revoked before each burst of 30: the sidecar would re-authenticate on
+    // every burst if the default `min_refresh_interval` (1 s) did not hold it back. The run
+    // lasts past the first interval so re-authentication does happen.
     let (s, r) = pair(Api::Quantoz, "", "").await;
     let http = Http::default();
     let url = r.url("api", "/v1/x");
     let start = Instant::now();
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
     timeout(PATIENCE, async {
-        for _ in 0..10 {
+        for batch in 0..400 {
+            if batch >= 10 && start.elapsed() >= Duration::from_millis(2500) {
+                break;
+            }
+            pace.tick().await;
             s.revoke_all();
             for reply in burst(&http, &url, 30).await {
                 *statuses.entry(reply.status.as_u16()).or_default() += 1;
@@ -507,11 +515,18 @@ async fn a_loaded_sidecar_stays_under_the_quantoz_rate_limit() {
     .await
     .unwrap();
     let elapsed = start.elapsed();
-    assert_eq!(statuses.values().sum::<usize>(), 300);
+    assert!(statuses.values().sum::<usize>() >= 300);
     assert!(!statuses.contains_key(&429), "{statuses:?}");
     let made = s.token_requests();
     // Default min_refresh_interval: one token request per second at most.
     let allowed = 2 + elapsed.as_secs() as usize;
-    assert!(made <= allowed, "{made} token requests in {elapsed:?}");
+    assert!(
+        made <= allowed,
+        "{made} token requests in {elapsed:?} ({statuses:?})"
+    );
     assert!(made < 60);
+    assert!(
+        made >= 2,
+        "a 401 on a token older than 1 s re-authenticates"
+    );
 }
