@@ -272,7 +272,13 @@ async fn a_5xx_from_the_token_endpoint_is_503_and_backs_off() {
         json["error_description"].as_str().unwrap().contains("503"),
         "{json}"
     );
-    assert_eq!(s.token_requests(), 1, "no token request while backing off");
+    // The first backoff step is at least 750 ms; a machine stalled longer than that may make a
+    // second attempt, never more. (The 429 test's 30 s Retry-After pins "none" exactly.)
+    assert!(
+        s.token_requests() <= 2,
+        "backing off, not looping: {}",
+        s.token_requests()
+    );
     assert_eq!(s.api_requests(), 0);
 }
 
