@@ -45,3 +45,71 @@ async fn nexudus_with_totp() {
 async fn nexushub() {
     end_to_end(Api::NexusHub).await;
 }
+
+/// Refresh ahead uses the refresh token; when the endpoint refuses it, the sidecar signs in
+/// again with the primary grant. A `refresh_before` longer than the tokens' lifetime (24 h for
+/// Nexudus, 1 h for NexusHub) makes every token due for refresh at once, so requests keep starting background refreshes (one at a time): the loops below are
+/// driven by requests and end on the stand-in's counters, bounded in count.
+async fn refreshes_then_falls_back(api: Api, refresh_grant: &str, primary_grant: &str) {
+    let (s, r) = pair(
+        api,
+        "",
+        "refresh_before = \"25h\"\nmin_refresh_interval = \"0s\"",
+    )
+    .await;
+    let http = Http::default();
+    let url = r.url("api", "/v1/me");
+    let drive_until = |done: &dyn Fn() -> bool| {
+        let (http, url) = (http.clone(), url.clone());
+        let done = done();
+        async move {
+            if !done {
+                assert_eq!(http.get(&url).await.status, 200);
+            }
+            done
+        }
+    };
+    for _ in 0..1000 {
+        if drive_until(&|| s.token_requests_by_grant(refresh_grant) >= 1).await {
+            break;
+        }
+    }
+    assert!(
+        s.token_requests_by_grant(refresh_grant) >= 1,
+        "never refreshed"
+    );
+    assert_eq!(
+        s.token_requests_by_grant(primary_grant),
+        1,
+        "refresh ahead used the refresh token, not a new sign-in"
+    );
+
+    // Once refresh tokens stop working, the next refresh signs in again, exactly once: the
+    // new sign-in brings a refresh token that works.
+    s.invalidate_refresh_tokens();
+    for _ in 0..1000 {
+        if drive_until(&|| s.token_requests_by_grant(primary_grant) >= 2).await {
+            break;
+        }
+    }
+    assert_eq!(
+        s.token_requests_by_grant(primary_grant),
+        2,
+        "fell back once"
+    );
+    for _ in 0..20 {
+        assert_eq!(http.get(&url).await.status, 200);
+    }
+    assert_eq!(s.token_requests_by_grant(primary_grant), 2);
+    assert!(s.seen().iter().all(|seen| seen.authorized));
+}
+
+#[tokio::test]
+async fn nexudus_refresh_token_grant_and_password_fallback() {
+    refreshes_then_falls_back(Api::Nexudus, "refresh_token", "password").await;
+}
+
+#[tokio::test]
+async fn nexushub_refresh_and_authenticate_fallback() {
+    refreshes_then_falls_back(Api::NexusHub, "refresh", "authenticate").await;
+}
