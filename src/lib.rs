@@ -22,8 +22,11 @@
 //! - [`standin`]: local stand-ins for the five token APIs and an API behind them, used by
 //!   `demo` and the tests.
 //! - [`demo`]: `nexus-sidecar demo`, the product running against the stand-ins.
+//! - [`cli`]: `nexus-sidecar check` (the effective configuration, a token per upstream) and
+//!   `nexus-sidecar token` (one token, for curl).
 
 pub mod body;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;

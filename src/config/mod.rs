@@ -3,10 +3,12 @@
 //! [`Config::from_toml`] is the whole pipeline: parse with `deny_unknown_fields` (`raw`), fill
 //! presets (`preset`), then validate every upstream and resolve every secret (`validate`). A
 //! `Config` that exists is valid: nothing binds, connects or fetches before that. This module
-//! does not watch files or reload; it only reads.
+//! does not watch files or reload; it only reads. `show` prints a `Config` back as TOML (the
+//! effective configuration `nexus-sidecar check` shows).
 
 mod preset;
 mod raw;
+mod show;
 pub mod units;
 mod validate;
 

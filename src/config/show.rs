@@ -1,0 +1,381 @@
+//! The effective configuration, printed back as TOML that loads again.
+//!
+//! What `nexus-sidecar check` shows: presets expanded, defaults filled, durations and sizes with
+//! their units. Secrets are printed as where they come from (`{ env = "X" }`, `{ file = "/p" }`);
+//! a secret written in the file prints as `"***"`, so no secret value ever leaves this module.
+//! (`"***"` loads again as a literal, except as a `totp_secret`, which must be base32.)
+//! It prints a valid [`Config`]; it does not validate or read anything.
+
+use std::fmt::{self, Display, Formatter};
+use std::time::Duration;
+
+use super::{AuthConfig, Client, ClientAuth, Config, Flow, LogFormat, UpstreamConfig};
+use crate::secret::{LoadedSecret, SecretSource, MASK};
+use crate::token::MAX_DEFAULT_REFRESH_BEFORE;
+
+impl Config {
+    /// The effective configuration as TOML: loads again with [`Config::from_toml`] into the same
+    /// upstreams, with every literal secret replaced by `"***"`.
+    pub fn to_toml(&self) -> String {
+        Effective(self).to_string()
+    }
+}
+
+struct Effective<'a>(&'a Config);
+
+impl Display for Effective<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        writeln!(f, "shutdown_grace = {}", Dur(c.shutdown_grace))?;
+        if let Some(admin) = &c.admin {
+            writeln!(f, "\n[admin]\nlisten = {}", Str(&admin.listen.to_string()))?;
+        }
+        let format = match c.log.format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        writeln!(f, "\n[log]\nlevel = {}", Str(&c.log.level))?;
+        writeln!(f, "format = {}", Str(format))?;
+        for u in &c.upstreams {
+            upstream(f, u)?;
+        }
+        Ok(())
+    }
+}
+
+fn upstream(f: &mut Formatter<'_>, u: &UpstreamConfig) -> fmt::Result {
+    writeln!(f, "\n[[upstream]]")?;
+    writeln!(f, "name = {}", Str(&u.name))?;
+    writeln!(f, "listen = {}", Str(&u.listen.to_string()))?;
+    let t = &u.target;
+    let target = format!("{}://{}{}", t.scheme, t.authority, t.base_path);
+    writeln!(f, "target = {}", Str(&target))?;
+    let headers: Vec<(&str, String)> = u
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    writeln!(f, "headers = {}", InlineTable(&headers))?;
+    let codes: Vec<String> = u.retry_on.iter().map(|s| s.as_u16().to_string()).collect();
+    writeln!(f, "retry_on = [{}]", codes.join(", "))?;
+    writeln!(f, "max_replay_body = {}", Size(u.max_replay_body))?;
+    writeln!(f, "connect_timeout = {}", Dur(u.connect_timeout))?;
+    writeln!(f, "request_timeout = {}", Dur(u.request_timeout))?;
+    if let Some(ca) = &u.ca_file {
+        writeln!(f, "ca_file = {}", Str(&ca.display().to_string()))?;
+    }
+    writeln!(f, "\n  [upstream.auth]")?;
+    auth(f, &u.auth)
+}
+
+fn auth(f: &mut Formatter<'_>, a: &AuthConfig) -> fmt::Result {
+    writeln!(f, "  flow = {}", Str(a.flow.kind().name()))?;
+    match &a.flow {
+        Flow::ClientCredentials(cc) => {
+            writeln!(f, "  token_url = {}", Str(&cc.token_url.to_string()))?;
+            client(f, &cc.client)?;
+            form_extras(f, cc.scope.as_deref(), &cc.extra_params)?;
+        }
+        Flow::Password(p) => {
+            writeln!(f, "  token_url = {}", Str(&p.token_url.to_string()))?;
+            writeln!(f, "  username = {}", Source(&p.username))?;
+            writeln!(f, "  password = {}", Source(&p.password))?;
+            if let Some(totp) = &p.totp_secret {
+                writeln!(f, "  totp_secret = {}", Source(totp))?;
+            }
+            if let Some(c) = &p.client {
+                client(f, c)?;
+            }
+            form_extras(f, p.scope.as_deref(), &p.extra_params)?;
+        }
+        Flow::NexusHub(n) => {
+            writeln!(f, "  auth_url = {}", Str(&n.auth_url.to_string()))?;
+            writeln!(f, "  user_key = {}", Source(&n.user_key))?;
+            writeln!(f, "  user_secret = {}", Source(&n.user_secret))?;
+        }
+        Flow::Static(token) => return writeln!(f, "  token = {}", Source(token)),
+        // Timing settings mean nothing without token requests.
+        Flow::None => return Ok(()),
+    }
+    match a.refresh_before {
+        Some(d) => writeln!(f, "  refresh_before = {}", Dur(d))?,
+        None => writeln!(
+            f,
+            "  # refresh_before: the default, 20% of each token's lifetime, at most {}",
+            humantime::format_duration(MAX_DEFAULT_REFRESH_BEFORE)
+        )?,
+    }
+    writeln!(
+        f,
+        "  min_refresh_interval = {}",
+        Dur(a.min_refresh_interval)
+    )?;
+    writeln!(f, "  token_lifetime = {}", Dur(a.token_lifetime))?;
+    writeln!(f, "  timeout = {}", Dur(a.timeout))
+}
+
+fn client(f: &mut Formatter<'_>, c: &Client) -> fmt::Result {
+    writeln!(f, "  client_id = {}", Source(&c.id))?;
+    writeln!(f, "  client_secret = {}", Source(&c.secret))?;
+    let auth = match c.auth {
+        ClientAuth::Basic => "basic",
+        ClientAuth::Body => "body",
+    };
+    writeln!(f, "  client_auth = {}", Str(auth))
+}
+
+fn form_extras(
+    f: &mut Formatter<'_>,
+    scope: Option<&str>,
+    extra: &[(String, String)],
+) -> fmt::Result {
+    if let Some(scope) = scope {
+        writeln!(f, "  scope = {}", Str(scope))?;
+    }
+    if !extra.is_empty() {
+        let pairs: Vec<(&str, String)> =
+            extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        writeln!(f, "  extra_params = {}", InlineTable(&pairs))?;
+    }
+    Ok(())
+}
+
+/// A TOML basic string.
+struct Str<'a>(&'a str);
+
+impl Display for Str<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\t' => f.write_str("\\t")?,
+                '\r' => f.write_str("\\r")?,
+                c if c.is_control() => write!(f, "\\u{:04X}", u32::from(c))?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+/// A TOML key: bare when it can be, quoted otherwise (header names may hold `.` or `!`).
+struct Key<'a>(&'a str);
+
+impl Display for Key<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let bare = !self.0.is_empty()
+            && self
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if bare {
+            f.write_str(self.0)
+        } else {
+            Str(self.0).fmt(f)
+        }
+    }
+}
+
+/// `{ a = "1", b = "2" }`, or `{}`.
+struct InlineTable<'a>(&'a [(&'a str, String)]);
+
+impl Display for InlineTable<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("{}");
+        }
+        f.write_str("{ ")?;
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} = {}", Key(k), Str(v))?;
+        }
+        f.write_str(" }")
+    }
+}
+
+/// A secret as its source; a literal prints as the mask, never as its value.
+struct Source<'a>(&'a LoadedSecret);
+
+impl Display for Source<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match &self.0.source {
+            SecretSource::Env(var) => write!(f, "{{ env = {} }}", Str(var)),
+            SecretSource::File(path) => {
+                write!(f, "{{ file = {} }}", Str(&path.display().to_string()))
+            }
+            SecretSource::Literal(_) => Str(MASK).fmt(f),
+        }
+    }
+}
+
+/// `"1h 30m"`, `"250ms"`: humantime's spelling, which the loader parses back.
+struct Dur(Duration);
+
+impl Display for Dur {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        Str(&humantime::format_duration(self.0).to_string()).fmt(f)
+    }
+}
+
+/// The largest binary unit that divides the size exactly, so nothing is rounded away.
+struct Size(u64);
+
+impl Display for Size {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        let n = self.0;
+        match UNITS.iter().find(|(size, _)| n != 0 && n % size == 0) {
+            Some((size, unit)) => write!(f, "\"{}{unit}\"", n / size),
+            None => write!(f, "\"{n}B\""),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Every flow, a preset, each kind of secret, non-default timings and odd header names.
+    fn sample() -> String {
+        let dir = std::env::temp_dir().join(format!("nexus-show-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let totp = dir.join("totp");
+        std::fs::write(&totp, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n").unwrap();
+        format!(
+            r#"shutdown_grace = "90s"
+[admin]
+listen = "9901"
+[log]
+level = "nexus_sidecar=debug,hyper=info"
+format = "json"
+
+[[upstream]]
+name = "nuvy"
+preset = "nuvy-nexus"
+environment = "qa"
+listen = "8081"
+headers = {{ request_iso8601 = "true", "x.odd!" = "a \"quoted\" value" }}
+retry_on = [401, 403]
+max_replay_body = "64KiB"
+  [upstream.auth]
+  client_id = {{ env = "PATH" }}
+  client_secret = "LITERAL-VALUE-1"
+  extra_params = {{ audience = "https://api.example" }}
+  refresh_before = "90s"
+
+[[upstream]]
+name = "quantoz"
+preset = "quantoz"
+environment = "test"
+listen = "[::1]:8083"
+max_replay_body = "1000B"
+  [upstream.auth]
+  client_id = {{ file = "{file}" }}
+  client_secret = {{ file = "{file}" }}
+  timeout = "1500ms"
+
+[[upstream]]
+name = "nexudus"
+preset = "nexudus"
+target = "http://127.0.0.1:9/base/"
+listen = "8084"
+  [upstream.auth]
+  username = {{ env = "PATH" }}
+  password = "LITERAL-VALUE-2"
+  totp_secret = {{ file = "{totp}" }}
+  token_lifetime = "1h 30m"
+
+[[upstream]]
+name = "hub"
+preset = "nexushub"
+target = "https://api.nexushub.co"
+listen = "8085"
+  [upstream.auth]
+  user_key = {{ env = "PATH" }}
+  user_secret = {{ env = "PATH" }}
+
+[[upstream]]
+name = "static"
+listen = "8086"
+target = "https://internal.example/v2"
+  [upstream.auth]
+  flow = "static"
+  token = "LITERAL-VALUE-3"
+
+[[upstream]]
+name = "public"
+listen = "8087"
+target = "https://public.example"
+  [upstream.auth]
+  flow = "none"
+"#,
+            file = file.display(),
+            totp = totp.display(),
+        )
+    }
+
+    #[test]
+    fn the_effective_configuration_loads_again_into_the_same_upstreams() {
+        let first = Config::from_toml(&sample()).unwrap();
+        let printed = first.to_toml();
+        let second = Config::from_toml(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        // Debug prints every setting, with secrets as their sources (literals masked).
+        assert_eq!(
+            format!("{:?}", first.upstreams),
+            format!("{:?}", second.upstreams)
+        );
+        assert_eq!(format!("{:?}", first.log), format!("{:?}", second.log));
+        assert_eq!(first.shutdown_grace, second.shutdown_grace);
+        assert_eq!(
+            first.admin.as_ref().map(|a| a.listen),
+            second.admin.as_ref().map(|a| a.listen)
+        );
+        // Printing is stable: the second round prints the same text.
+        assert_eq!(printed, second.to_toml());
+    }
+
+    #[test]
+    fn presets_are_expanded_defaults_filled_and_secrets_shown_by_source() {
+        let printed = Config::from_toml(&sample()).unwrap().to_toml();
+        for expected in [
+            "target = \"https://qa.api.nuvy.ai\"",
+            "token_url = \"https://qa.api.nuvy.ai/nexus/oauth2/token\"",
+            "token_url = \"https://testidentity.quantoz.com/connect/token\"",
+            "token_url = \"http://127.0.0.1:9/base/api/token\"",
+            "auth_url = \"https://auth.nexushub.co/\"",
+            "client_auth = \"body\"",
+            "scope = \"api1\"",
+            "client_id = { env = \"PATH\" }",
+            "client_secret = \"***\"",
+            "connect_timeout = \"5s\"",
+            "request_timeout = \"1m\"",
+            "max_replay_body = \"1MiB\"",
+            "max_replay_body = \"64KiB\"",
+            "max_replay_body = \"1000B\"",
+            "token_lifetime = \"1h 30m\"",
+            "timeout = \"1s 500ms\"",
+            "retry_on = [401, 403]",
+            "listen = \"[::1]:8083\"",
+            "# refresh_before: ",
+        ] {
+            assert!(printed.contains(expected), "{expected}\n---\n{printed}");
+        }
+        assert!(printed.contains("client_id = { file = \""), "{printed}");
+        for value in ["LITERAL-VALUE", "from-file", "GEZDGNBVGY3TQOJQ"] {
+            assert!(!printed.contains(value), "{value} leaked:\n{printed}");
+        }
+    }
+}
