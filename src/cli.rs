@@ -194,11 +194,14 @@ async fn obtain(
     cache: TokenCache,
 ) -> Result<Option<Arc<Token>>, FetchError> {
     let http = client::build(roots, upstream.ca_file.as_deref(), upstream.connect_timeout)?;
+    // Nobody scrapes a one-shot command's metrics: a private registry takes them.
+    let metrics = crate::metrics::Metrics::default().upstream(&upstream.name);
     let source = Arc::new(TokenSource::new(
         &upstream.name,
         &upstream.auth,
         cache,
         http,
+        metrics,
     )?);
     let timeout = upstream.auth.timeout;
     match tokio::time::timeout(timeout, source.token()).await {

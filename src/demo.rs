@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
-use crate::server::{Sidecar, StartError, DEFAULT_SHUTDOWN_GRACE};
+use crate::server::{Sidecar, StartError};
 use crate::standin::{Api, Credentials, StandIn, REVOKE_PATH};
 
 /// The stand-ins, in the order they are shown, with the listen port tried first.
@@ -105,7 +105,7 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let _ = out.write_all(demo.instructions.as_bytes());
     let _ = out.flush();
     drop(out);
-    demo.sidecar.run(shutdown, DEFAULT_SHUTDOWN_GRACE).await;
+    demo.sidecar.run(shutdown).await;
     Ok(())
 }
 

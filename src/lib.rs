@@ -19,12 +19,15 @@
 //!   the token requests of each flow.
 //! - [`client`]: the pooled HTTPS client (rustls, HTTP/1.1 and h2 by ALPN).
 //! - [`error`]: the sidecar's own failures and their JSON responses.
+//! - [`metrics`]: Prometheus metrics, recorded without locks.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics` on the admin listener.
 //! - [`standin`]: local stand-ins for the five token APIs and an API behind them, used by
 //!   `demo` and the tests.
 //! - [`demo`]: `nexus-sidecar demo`, the product running against the stand-ins.
 //! - [`cli`]: `nexus-sidecar check` (the effective configuration, a token per upstream) and
 //!   `nexus-sidecar token` (one token, for curl).
 
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod client;

@@ -140,8 +140,34 @@ async fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    sidecar.run(shutdown_signal(), config.shutdown_grace).await;
+    let cut_off = sidecar
+        .reload_from(path.to_owned())
+        .run_with_reloads(shutdown_signal(), hangups())
+        .await;
+    if cut_off > 0 {
+        tracing::warn!(cut_off, "exited with requests still in flight");
+    }
     ExitCode::SUCCESS
+}
+
+/// One message per SIGHUP: reload the configuration file and every secret.
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload on secret-file changes only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            // A reload already queued covers this one too.
+            let _ = tx.try_send(());
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// The configuration for `check` and `token`, which log only errors unless `RUST_LOG` says

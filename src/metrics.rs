@@ -280,7 +280,8 @@ impl FetchOutcome {
         FetchOutcome::Timeout,
     ];
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             FetchOutcome::Success => "success",
             FetchOutcome::Rejected => "rejected",

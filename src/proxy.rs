@@ -23,6 +23,7 @@ use crate::client::HttpClient;
 use crate::config::{Target, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::metrics::{ReplayOutcome, UpstreamMetrics};
 use crate::token::{Reauth, Token, TokenSource};
 
 /// Everything the request path needs for one upstream, built once and shared.
@@ -38,6 +39,7 @@ pub struct Upstream {
     own_authorities: Vec<Authority>,
     pub tokens: Arc<TokenSource>,
     client: HttpClient,
+    pub metrics: UpstreamMetrics,
 }
 
 impl Upstream {
@@ -47,6 +49,7 @@ impl Upstream {
         local: SocketAddr,
         tokens: Arc<TokenSource>,
         client: HttpClient,
+        metrics: UpstreamMetrics,
     ) -> Upstream {
         let own_authorities = [local.to_string(), format!("localhost:{}", local.port())]
             .iter()
@@ -63,7 +66,15 @@ impl Upstream {
             own_authorities,
             tokens,
             client,
+            metrics,
         }
+    }
+}
+
+impl Upstream {
+    /// `scheme://authority[/base-path]`, for `/status`.
+    pub fn target_url(&self) -> String {
+        format!("{:?}", self.target)
     }
 }
 
@@ -73,30 +84,56 @@ struct Outcome {
     replayed: bool,
 }
 
-/// Serves one application request. Never fails.
+/// Serves one application request. Never fails: logs one line and records its metrics.
 pub async fn handle(
     upstream: Arc<Upstream>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
+    let request_id = request_id(request.headers_mut());
     let method = request.method().clone();
     let path = tracing::enabled!(tracing::Level::INFO).then(|| request.uri().path().to_owned());
-    let (response, replayed, error) = match forward(&upstream, request).await {
+    let (mut response, replayed, error) = match forward(&upstream, request).await {
         Ok(o) => (o.response, o.replayed, None),
         Err(e) => (e.to_response(&upstream.name), false, Some(e)),
     };
+    let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    upstream.metrics.request(status, error.is_some(), elapsed);
+    let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let path = path.as_deref().unwrap_or("");
-    match error {
+    let id = request_id.to_str().unwrap_or("");
+    match &error {
         Some(error) => {
-            tracing::warn!(upstream = &*upstream.name, %method, path, status, duration_ms, replayed, %error, "request failed")
+            tracing::warn!(upstream = &*upstream.name, %method, path, status, duration_ms, replayed, request_id = id, %error, "request failed")
         }
         None => {
-            tracing::info!(upstream = &*upstream.name, %method, path, status, duration_ms, replayed, "request")
+            tracing::info!(upstream = &*upstream.name, %method, path, status, duration_ms, replayed, request_id = id, "request")
         }
     }
+    response
+        .headers_mut()
+        .entry(X_REQUEST_ID)
+        .or_insert(request_id);
     Ok(response)
+}
+
+/// The request id header: kept from the app when it sent one, made up otherwise; forwarded
+/// upstream and returned to the app so both sides' logs can be joined.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The app's `x-request-id`, or a new random one inserted into `headers`.
+fn request_id(headers: &mut HeaderMap) -> http::HeaderValue {
+    if let Some(id) = headers
+        .get(X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+    {
+        return id.clone();
+    }
+    let id = http::HeaderValue::try_from(format!("{:016x}", fastrand::u64(..)))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("0"));
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
 }
 
 /// The request path proper.
@@ -121,16 +158,27 @@ async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, P
     let Some(replay) = replay else {
         // Streamed bodies are gone: the 401 goes to the app, the token goes from the cache.
         up.tokens.reject(&used);
+        up.metrics.replay(ReplayOutcome::NotReplayable);
         return Ok(respond(first, false));
     };
-    match up.tokens.reauthorize(&used).await? {
-        Reauth::PassThrough => Ok(respond(first, false)),
-        Reauth::Replay(fresh) => {
-            drop(first);
-            let second = send(up, &parts, &uri, ProxyBody::full(replay), Some(&*fresh)).await?;
-            Ok(respond(second, true))
+    let fresh = match up.tokens.reauthorize(&used).await {
+        Ok(Reauth::Replay(fresh)) => fresh,
+        Ok(Reauth::PassThrough) => {
+            up.metrics.replay(ReplayOutcome::TooSoon);
+            return Ok(respond(first, false));
         }
-    }
+        Err(e) => {
+            up.metrics.replay(ReplayOutcome::TokenUnavailable);
+            return Err(e.into());
+        }
+    };
+    drop(first);
+    let second = send(up, &parts, &uri, ProxyBody::full(replay), Some(&*fresh)).await?;
+    up.metrics.replay(match needs_reauth(up, &second) {
+        true => ReplayOutcome::RejectedAgain,
+        false => ReplayOutcome::Recovered,
+    });
+    Ok(respond(second, true))
 }
 
 /// Refuses what a reverse proxy for one API must not do.

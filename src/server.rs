@@ -1,39 +1,50 @@
-//! Listeners and connections: accept, serve HTTP/1.1 and h2c, drain on shutdown.
+//! Listeners and connections: accept, serve HTTP/1.1 and h2c, reload, drain on shutdown.
 //!
-//! [`Sidecar::bind`] builds every upstream (client, token source) and binds its listener —
-//! port 0 works, so tests run the real thing. [`Sidecar::run`] accepts until the shutdown
-//! future resolves, then stops accepting and lets in-flight requests finish within a grace
-//! period. What happens inside a request is `proxy`'s business.
+//! [`Sidecar::bind`] builds every upstream (client, token source, metrics) and binds its
+//! listener — port 0 works, so tests run the real thing. [`Sidecar::run`] accepts until the
+//! shutdown future resolves, then stops accepting and lets in-flight requests finish within
+//! `shutdown_grace`. While running it reloads on request (SIGHUP, wired by `main`) and when a
+//! `{ file = … }` secret changes (polled every second, so a Kubernetes symlink swap is seen).
+//! What happens inside a request is `proxy`'s business; what a reload changes is `reload`'s.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
-use crate::client::{self, ClientError, Roots};
-use crate::config::Config;
+use crate::admin::{self, Admin};
+use crate::client::{self, ClientError, HttpClient, Roots};
+use crate::config::{Config, ConfigError, UpstreamConfig};
+use crate::metrics::Metrics;
 use crate::proxy::{self, Upstream};
 use crate::token::{TokenCache, TokenError, TokenSource};
 
 pub use crate::config::DEFAULT_SHUTDOWN_GRACE;
+
 /// A client that sends no complete request head within this is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed `accept` (out of file descriptors, say), wait this long before the next.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often `{ file = … }` secrets are compared with the values in use.
+const SECRET_POLL: Duration = Duration::from_secs(1);
 
-/// Why the sidecar could not start.
+/// Why the sidecar could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("upstream `{upstream}`: cannot listen on {addr}: {source}")]
+    #[error("{what}: cannot listen on {addr}: {source}")]
     Bind {
-        upstream: String,
+        what: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -47,79 +58,150 @@ pub enum StartError {
         upstream: String,
         source: TokenError,
     },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// How many reloads were applied and refused so far; see [`Sidecar::reloads`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReloadCount {
+    pub applied: u64,
+    pub refused: u64,
+}
+
+/// One upstream by name: what its connections serve, and its listener.
+#[derive(Debug)]
+struct Slot {
+    /// Shared with every open connection, which loads it per request: a reload reaches
+    /// keep-alive connections too.
+    upstream: Arc<ArcSwap<Upstream>>,
+    config: UpstreamConfig,
+    client: HttpClient,
+    addr: SocketAddr,
+    /// Until `run` takes it.
+    listener: Option<TcpListener>,
 }
 
 /// A sidecar with its listeners bound, ready to [`run`](Sidecar::run).
 #[derive(Debug)]
 pub struct Sidecar {
-    bound: Vec<(Arc<Upstream>, TcpListener)>,
+    config: Config,
+    /// Where a reload reads the configuration from; `None` re-validates `config.text`.
+    path: Option<PathBuf>,
+    cache: TokenCache,
+    roots: Roots,
+    metrics: Arc<Metrics>,
+    slots: BTreeMap<String, Slot>,
+    admin: Option<Arc<Admin>>,
+    /// Until `run` takes it.
+    admin_listener: Option<TcpListener>,
+    admin_addr: Option<SocketAddr>,
+    reloads: watch::Sender<ReloadCount>,
 }
 
 impl Sidecar {
-    /// Builds every upstream of `config` and binds its listener.
+    /// Builds every upstream of `config` and binds its listeners.
     pub async fn bind(config: &Config) -> Result<Sidecar, StartError> {
-        let roots = Roots::load();
-        let cache = TokenCache::default();
-        let mut bound = Vec::with_capacity(config.upstreams.len());
+        let mut sidecar = Sidecar {
+            config: config.clone(),
+            path: None,
+            cache: TokenCache::default(),
+            roots: Roots::load(),
+            metrics: Arc::new(Metrics::default()),
+            slots: BTreeMap::new(),
+            admin: None,
+            admin_listener: None,
+            admin_addr: None,
+            reloads: watch::Sender::new(ReloadCount::default()),
+        };
+        let mut slots = BTreeMap::new();
         for u in &config.upstreams {
-            let client = client::build(&roots, u.ca_file.as_deref(), u.connect_timeout).map_err(
-                |source| StartError::Client {
-                    upstream: u.name.clone(),
-                    source,
+            let listener = bind(&format!("upstream `{}`", u.name), u.listen).await?;
+            let addr = local_addr(&listener, u.listen)?;
+            let (upstream, client) = sidecar.build(u, addr, None)?;
+            slots.insert(
+                u.name.clone(),
+                Slot {
+                    upstream: Arc::new(ArcSwap::from_pointee(upstream)),
+                    config: u.clone(),
+                    client,
+                    addr,
+                    listener: Some(listener),
                 },
-            )?;
-            let tokens = TokenSource::new(&u.name, &u.auth, cache.clone(), client.clone())
-                .map_err(|source| StartError::Token {
-                    upstream: u.name.clone(),
-                    source,
-                })?;
-            let listener =
-                TcpListener::bind(u.listen)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        upstream: u.name.clone(),
-                        addr: u.listen,
-                        source,
-                    })?;
-            let local = listener.local_addr().map_err(|source| StartError::Bind {
-                upstream: u.name.clone(),
-                addr: u.listen,
-                source,
-            })?;
-            let upstream = Upstream::new(u, local, Arc::new(tokens), client);
-            bound.push((Arc::new(upstream), listener));
+            );
         }
-        Ok(Sidecar { bound })
+        sidecar.slots = slots;
+        if let Some(a) = &config.admin {
+            let listener = bind("admin", a.listen).await?;
+            sidecar.admin_addr = Some(local_addr(&listener, a.listen)?);
+            sidecar.admin_listener = Some(listener);
+            sidecar.admin = Some(Arc::new(Admin::new(Arc::clone(&sidecar.metrics))));
+            sidecar.publish();
+        }
+        Ok(sidecar)
+    }
+
+    /// Reloads re-read this file (SIGHUP); without one they re-read only the secrets.
+    pub fn reload_from(mut self, path: PathBuf) -> Sidecar {
+        self.path = Some(path);
+        self
     }
 
     /// The address upstream `name` listens on (with port 0 resolved).
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.bound
-            .iter()
-            .find(|(u, _)| &*u.name == name)
-            .and_then(|(_, l)| l.local_addr().ok())
+        self.slots.get(name).map(|s| s.addr)
     }
 
-    /// The upstream called `name`.
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Counts of reloads applied and refused, updated after each attempt: lets a caller wait
+    /// for a rotated secret to take effect instead of guessing how long that takes.
+    pub fn reloads(&self) -> watch::Receiver<ReloadCount> {
+        self.reloads.subscribe()
+    }
+
+    /// The upstream called `name`, as currently configured.
     pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
-        self.bound
-            .iter()
-            .find(|(u, _)| &*u.name == name)
-            .map(|(u, _)| Arc::clone(u))
+        self.slots.get(name).map(|s| s.upstream.load_full())
     }
 
-    /// Serves until `shutdown` resolves, then drains for at most `grace`. Returns the number of
-    /// connections that were still open when the grace period ran out.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) -> usize {
-        let (tx, mut accepted) = mpsc::channel::<(TcpStream, Arc<Upstream>)>(64);
-        let mut acceptors = tokio::task::JoinSet::new();
-        for (upstream, listener) in self.bound {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(upstream = &*upstream.name, %addr, "listening");
+    /// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`. Reloads when
+    /// a `{ file = … }` secret changes. Returns the number of connections cut off.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let (_, never) = mpsc::channel(1);
+        self.run_with_reloads(shutdown, never).await
+    }
+
+    /// [`run`](Sidecar::run), also reloading whenever `reloads` yields (SIGHUP).
+    pub async fn run_with_reloads(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        mut reloads: mpsc::Receiver<()>,
+    ) -> usize {
+        let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
+        let mut acceptors: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+        for (name, slot) in &mut self.slots {
+            if let Some(listener) = slot.listener.take() {
+                tracing::info!(upstream = name.as_str(), addr = %slot.addr, "listening");
+                let handle = spawn_acceptor(
+                    listener,
+                    Target::Upstream(Arc::clone(&slot.upstream)),
+                    tx.clone(),
+                );
+                acceptors.insert(name.clone(), handle);
             }
-            acceptors.spawn(accept(listener, upstream, tx.clone()));
         }
-        drop(tx);
+        if let (Some(listener), Some(admin)) = (self.admin_listener.take(), &self.admin) {
+            if let Some(addr) = self.admin_addr {
+                tracing::info!(%addr, "admin listening");
+            }
+            let handle = spawn_acceptor(listener, Target::Admin(Arc::clone(admin)), tx.clone());
+            // Upstream names are never empty, so this key cannot collide.
+            acceptors.insert(String::new(), handle);
+        }
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -127,67 +209,343 @@ impl Sidecar {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let graceful = GracefulShutdown::new();
+        let mut poll = tokio::time::interval(SECRET_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut reloads_open = true;
+        let mut refused_contents = None;
         loop {
             tokio::select! {
-                Some((stream, upstream)) = accepted.recv() => {
-                    serve(&builder, &graceful, stream, upstream);
+                Some(conn) = accepted.recv() => serve(&builder, &graceful, conn),
+                signal = reloads.recv(), if reloads_open => match signal {
+                    Some(()) => self.reload("reload requested", &mut acceptors, &tx).await,
+                    None => reloads_open = false,
+                },
+                _ = poll.tick() => {
+                    if let Some(path) = self.changed_secret_file() {
+                        // Retry a refused reload only once the files change again.
+                        let contents = self.file_secret_contents();
+                        if refused_contents.as_ref() != Some(&contents) {
+                            let why = format!("secret file {} changed", path.display());
+                            let before = *self.reloads.borrow();
+                            self.reload(&why, &mut acceptors, &tx).await;
+                            let refused = self.reloads.borrow().refused > before.refused;
+                            refused_contents = refused.then_some(contents);
+                        }
+                    }
                 }
                 () = &mut shutdown => break,
             }
         }
         // Stop accepting first: new connections are refused while old ones drain.
-        acceptors.shutdown().await;
+        for (_, acceptor) in acceptors {
+            acceptor.abort();
+        }
+        drop(accepted);
         let open = graceful.count();
+        let grace = self.config.shutdown_grace;
         tracing::info!(open, grace = %humantime::format_duration(grace), "shutting down; draining connections");
         match tokio::time::timeout(grace, graceful.shutdown()).await {
-            Ok(()) => 0,
+            Ok(()) => {
+                tracing::info!("all connections finished; bye");
+                0
+            }
             Err(_) => {
                 tracing::warn!(
                     open,
-                    "grace period over; closing connections that are still busy"
+                    "grace period over; cutting off connections that are still busy"
                 );
                 open
             }
         }
     }
-}
 
-async fn accept(
-    listener: TcpListener,
-    upstream: Arc<Upstream>,
-    tx: mpsc::Sender<(TcpStream, Arc<Upstream>)>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                if tx.send((stream, Arc::clone(&upstream))).await.is_err() {
-                    return;
-                }
+    /// The first `{ file = … }` secret whose content no longer matches the value in use.
+    fn changed_secret_file(&self) -> Option<PathBuf> {
+        self.config.file_secrets().into_iter().find_map(|s| {
+            // A file that is briefly missing mid-swap is not a change yet.
+            let now = s.source.resolve().ok()?;
+            (now != s.value).then(|| s.source.file().map(PathBuf::from))?
+        })
+    }
+
+    /// What every `{ file = … }` secret holds now (unreadable ones as `None`).
+    fn file_secret_contents(&self) -> Vec<Option<crate::secret::Secret>> {
+        self.config
+            .file_secrets()
+            .into_iter()
+            .map(|s| s.source.resolve().ok())
+            .collect()
+    }
+
+    /// Loads the configuration again and applies it; a configuration that fails validation or
+    /// cannot be bound is refused and the running one stays.
+    async fn reload(
+        &mut self,
+        why: &str,
+        acceptors: &mut BTreeMap<String, JoinHandle<()>>,
+        tx: &mpsc::Sender<Accepted>,
+    ) {
+        let loaded = match &self.path {
+            Some(path) => Config::load(path),
+            None => Config::from_toml(self.config.text.as_str()),
+        };
+        let outcome = match loaded {
+            Ok(config) => self.apply(config, acceptors, tx).await,
+            Err(e) => Err(StartError::Config(e)),
+        };
+        match outcome {
+            Ok(summary) => {
+                tracing::info!(reason = why, %summary, "configuration reloaded");
+                self.reloads.send_modify(|c| c.applied += 1);
             }
             Err(error) => {
-                tracing::warn!(upstream = &*upstream.name, %error, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                tracing::error!(reason = why, %error, "reload refused; the running configuration stays");
+                self.reloads.send_modify(|c| c.refused += 1);
             }
         }
     }
+
+    /// Switches to `config`: everything that can fail happens before anything changes.
+    async fn apply(
+        &mut self,
+        config: Config,
+        acceptors: &mut BTreeMap<String, JoinHandle<()>>,
+        tx: &mpsc::Sender<Accepted>,
+    ) -> Result<String, StartError> {
+        if config.admin.as_ref().map(|a| a.listen) != self.config.admin.as_ref().map(|a| a.listen) {
+            tracing::warn!("a change of [admin] listen takes effect at the next restart");
+        }
+        // Prepare: listeners for new or moved upstreams, then the upstreams themselves.
+        let mut prepared = Vec::new();
+        for u in &config.upstreams {
+            let old = self.slots.get(&u.name);
+            let listener = match old {
+                Some(slot) if slot.config.listen == u.listen => None,
+                _ => Some(bind(&format!("upstream `{}`", u.name), u.listen).await?),
+            };
+            let addr = match (&listener, old) {
+                (Some(l), _) => local_addr(l, u.listen)?,
+                (None, Some(slot)) => slot.addr,
+                (None, None) => u.listen,
+            };
+            let (upstream, client) = self.build(u, addr, old)?;
+            prepared.push((u.clone(), upstream, client, listener, addr));
+        }
+        // Commit.
+        let mut added = 0;
+        let mut changed = 0;
+        let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+        for (u, upstream, client, listener, addr) in prepared {
+            let name = u.name.clone();
+            match self.slots.get_mut(&name) {
+                Some(slot) => {
+                    let successor = Arc::clone(&upstream.tokens);
+                    let previous = slot.upstream.swap(Arc::new(upstream));
+                    if !Arc::ptr_eq(&previous.tokens, &successor) {
+                        previous.tokens.retire(Some(&successor));
+                    }
+                    slot.config = u;
+                    slot.client = client;
+                    if let Some(listener) = listener {
+                        tracing::info!(upstream = name.as_str(), from = %slot.addr, to = %addr, "listener moved");
+                        slot.addr = addr;
+                        let handle = spawn_acceptor(
+                            listener,
+                            Target::Upstream(Arc::clone(&slot.upstream)),
+                            tx.clone(),
+                        );
+                        if let Some(old) = acceptors.insert(name, handle) {
+                            old.abort();
+                        }
+                    }
+                    changed += 1;
+                }
+                None => {
+                    let slot = Slot {
+                        upstream: Arc::new(ArcSwap::from_pointee(upstream)),
+                        config: u,
+                        client,
+                        addr,
+                        listener: None,
+                    };
+                    if let Some(listener) = listener {
+                        tracing::info!(upstream = name.as_str(), %addr, "listening");
+                        let handle = spawn_acceptor(
+                            listener,
+                            Target::Upstream(Arc::clone(&slot.upstream)),
+                            tx.clone(),
+                        );
+                        acceptors.insert(name.clone(), handle);
+                    }
+                    self.slots.insert(name, slot);
+                    added += 1;
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect();
+        for name in &removed {
+            if let Some(slot) = self.slots.remove(name) {
+                slot.upstream.load().tokens.retire(None);
+            }
+            if let Some(acceptor) = acceptors.remove(name) {
+                acceptor.abort();
+            }
+            tracing::info!(
+                upstream = name.as_str(),
+                "upstream removed; its listener is closed"
+            );
+        }
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        self.config = config;
+        self.publish();
+        Ok(format!(
+            "{changed} kept, {added} added, {} removed",
+            removed.len()
+        ))
+    }
+
+    /// Builds the upstream for `u`, reusing what `old` has where the settings allow: its client
+    /// (and so its connection pool) and its token source (and so its backoff and refresh
+    /// token), when they would come out the same.
+    fn build(
+        &self,
+        u: &UpstreamConfig,
+        addr: SocketAddr,
+        old: Option<&Slot>,
+    ) -> Result<(Upstream, HttpClient), StartError> {
+        let same_client = old.is_some_and(|s| {
+            s.config.ca_file == u.ca_file && s.config.connect_timeout == u.connect_timeout
+        });
+        let client = match old {
+            Some(slot) if same_client => slot.client.clone(),
+            _ => client::build(&self.roots, u.ca_file.as_deref(), u.connect_timeout).map_err(
+                |source| StartError::Client {
+                    upstream: u.name.clone(),
+                    source,
+                },
+            )?,
+        };
+        let metrics = self.metrics.upstream(&u.name);
+        let tokens = match old.map(|s| s.upstream.load_full()) {
+            Some(previous) if same_client && previous.tokens.serves(&u.auth) => {
+                Arc::clone(&previous.tokens)
+            }
+            _ => Arc::new(
+                TokenSource::new(
+                    &u.name,
+                    &u.auth,
+                    self.cache.clone(),
+                    client.clone(),
+                    metrics.clone(),
+                )
+                .map_err(|source| StartError::Token {
+                    upstream: u.name.clone(),
+                    source,
+                })?,
+            ),
+        };
+        Ok((
+            Upstream::new(u, addr, tokens, client.clone(), metrics),
+            client,
+        ))
+    }
+
+    /// Tells the admin endpoints which upstreams exist now.
+    fn publish(&self) {
+        if let Some(admin) = &self.admin {
+            admin.set_upstreams(
+                self.slots
+                    .values()
+                    .map(|s| s.upstream.load_full())
+                    .collect(),
+            );
+        }
+    }
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        })
+}
+
+fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what: "listener".into(),
+        addr: asked,
+        source,
+    })
+}
+
+/// What an accepted connection is for.
+#[derive(Clone)]
+enum Target {
+    Upstream(Arc<ArcSwap<Upstream>>),
+    Admin(Arc<Admin>),
+}
+
+type Accepted = (TcpStream, Target);
+
+fn spawn_acceptor(
+    listener: TcpListener,
+    target: Target,
+    tx: mpsc::Sender<Accepted>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if tx.send((stream, target.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+    })
 }
 
 fn serve(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
-    stream: TcpStream,
-    upstream: Arc<Upstream>,
+    (stream, target): Accepted,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |request| proxy::handle(Arc::clone(&upstream), request));
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "connection ended with an error");
+    let io = TokioIo::new(stream);
+    match target {
+        Target::Upstream(slot) => {
+            let open = slot.load().metrics.connection();
+            let service = service_fn(move |request| proxy::handle(slot.load_full(), request));
+            let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                drop(open);
+            });
         }
-    });
+        Target::Admin(admin) => {
+            let service = service_fn(move |request| admin::handle(Arc::clone(&admin), request));
+            let connection = builder.serve_connection(io, service).into_owned();
+            // Admin connections are not drained: probes must not hold up a shutdown.
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+    }
 }

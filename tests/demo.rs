@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use nexus_sidecar::standin::REVOKE_PATH;
 use support::Http;
 
@@ -31,12 +29,9 @@ async fn the_demo_injects_tokens_and_recovers_from_a_revocation() {
 
     let standins = demo.standins;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(demo.sidecar.run(
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(5),
-    ));
+    let run = tokio::spawn(demo.sidecar.run(async {
+        let _ = stopped.await;
+    }));
     let http = Http::default();
 
     // Every upstream answers with an injected token, whatever its flow.

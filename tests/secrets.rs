@@ -151,7 +151,7 @@ async fn scenario(capture: &Capture) {
 
     let log = capture.text();
     assert!(!log.is_empty());
-    assert!(log.contains("token obtained"), "{log}");
+    assert!(log.contains("token fetched"), "{log}");
     assert!(log.contains("token request failed"), "{log}");
     assert!(log.contains("must_reset_password"), "{log}");
     assert!(forbidden.0.len() > 20, "the scan has something to look for");

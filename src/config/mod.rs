@@ -57,6 +57,32 @@ pub struct Config {
     /// Things that are allowed but deserve an operator's attention (literal secrets, plain
     /// http to a remote host). Logged once tracing is up.
     pub warnings: Vec<String>,
+    /// The text this was parsed from: a reload without a file re-validates it, which reads
+    /// every `{ env }` and `{ file }` secret again.
+    pub text: SourceText,
+}
+
+/// Configuration text, which may hold literal secrets: `Debug` shows only its size.
+#[derive(Clone)]
+pub struct SourceText(std::sync::Arc<str>);
+
+impl SourceText {
+    /// The text itself.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SourceText {
+    fn from(text: &str) -> Self {
+        SourceText(text.into())
+    }
+}
+
+impl fmt::Debug for SourceText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes of TOML>", self.0.len())
+    }
 }
 
 /// `[admin]`.
@@ -187,6 +213,24 @@ impl Flow {
         }
     }
 
+    /// Every secret the flow uses.
+    pub fn secrets(&self) -> Vec<&LoadedSecret> {
+        fn client(c: &Client) -> [&LoadedSecret; 2] {
+            [&c.id, &c.secret]
+        }
+        match self {
+            Flow::ClientCredentials(c) => client(&c.client).to_vec(),
+            Flow::Password(p) => [&p.username, &p.password]
+                .into_iter()
+                .chain(p.totp_secret.as_ref())
+                .chain(p.client.iter().flat_map(client))
+                .collect(),
+            Flow::NexusHub(n) => vec![&n.user_key, &n.user_secret],
+            Flow::Static(t) => vec![t],
+            Flow::None => Vec::new(),
+        }
+    }
+
     /// The URL tokens come from, for flows that have one.
     pub fn token_endpoint(&self) -> Option<&Uri> {
         match self {
@@ -262,6 +306,15 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text)?;
         validate::validate(raw, text)
+    }
+
+    /// Every `{ file = … }` secret in use, with the value read at load time.
+    pub fn file_secrets(&self) -> Vec<&LoadedSecret> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.auth.flow.secrets())
+            .filter(|s| s.source.file().is_some())
+            .collect()
     }
 
     /// The upstream called `name`.

@@ -65,6 +65,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError
         log,
         upstreams,
         warnings: v.warnings,
+        text: text.into(),
     })
 }
 

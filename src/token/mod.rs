@@ -5,6 +5,7 @@
 //! - `flow`: the token requests of each flow (OAuth2 forms, NexusHub JSON).
 //! - `response`: lenient, bounded parsing of what token endpoints answer.
 //! - `schedule`: the pure arithmetic of expiry, refresh time and backoff.
+//! - `status`: the snapshot `/status` and `/readyz` report.
 //! - `totp`: RFC 6238 codes for the password grant.
 //!
 //! This module knows nothing about the request being proxied; it hands out [`Token`]s.
@@ -13,6 +14,7 @@ mod flow;
 mod response;
 mod schedule;
 mod source;
+mod status;
 pub mod totp;
 
 use std::fmt;
@@ -24,6 +26,7 @@ use tokio::time::Instant;
 
 pub use schedule::MAX_DEFAULT_REFRESH_BEFORE;
 pub use source::{Reauth, TokenCache, TokenSource};
+pub use status::{LastFetch, TokenState, TokenStatus};
 
 /// An access token as the proxy uses it: the ready-made header and when it stops being good.
 pub struct Token {

@@ -17,7 +17,7 @@
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use moka::ops::compute::Op;
@@ -26,10 +26,12 @@ use tokio::time::Instant;
 
 use super::flow::{self, Endpoint};
 use super::response::Grant;
+use super::status::{self, LastFetch, TokenState, TokenStatus};
 use super::{schedule, InvalidResponse, Token, TokenError};
 use crate::client::HttpClient;
 use crate::config::{AuthConfig, Flow};
 use crate::headers::bearer;
+use crate::metrics::{FetchOutcome, UpstreamMetrics};
 use crate::secret::Secret;
 
 /// How long a token stays in the cache past the instant it stops being used; only a memory
@@ -132,6 +134,36 @@ struct FetchState {
 struct Health {
     failures: u32,
     backoff: Option<Backoff>,
+    last: Option<Last>,
+}
+
+/// The most recent token request, kept for `/status` and readiness.
+struct Last {
+    at: SystemTime,
+    fingerprint: u64,
+    /// `None` on success.
+    error: Option<TokenError>,
+}
+
+/// What made a token request happen; named in the token event logs.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    /// A request found no live token.
+    Demand,
+    /// The live token entered its refresh window.
+    RefreshAhead,
+    /// The upstream rejected the token.
+    Rejected,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Demand => "no live token",
+            Trigger::RefreshAhead => "refresh ahead of expiry",
+            Trigger::Rejected => "token rejected upstream",
+        }
+    }
 }
 
 struct Backoff {
@@ -141,7 +173,7 @@ struct Backoff {
 }
 
 /// Timing rules from `[upstream.auth]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Policy {
     refresh_before: Option<Duration>,
     min_refresh_interval: Duration,
@@ -153,6 +185,7 @@ struct Policy {
 pub struct TokenSource {
     cache: TokenCache,
     client: HttpClient,
+    metrics: UpstreamMetrics,
     policy: Policy,
     credentials: ArcSwap<Credentials>,
     fetch: tokio::sync::Mutex<FetchState>,
@@ -180,17 +213,14 @@ impl TokenSource {
         auth: &AuthConfig,
         cache: TokenCache,
         client: HttpClient,
+        metrics: UpstreamMetrics,
     ) -> Result<TokenSource, TokenError> {
         let credentials = Credentials::new(name, &auth.flow, &cache.hasher)?;
         Ok(TokenSource {
             cache,
             client,
-            policy: Policy {
-                refresh_before: auth.refresh_before,
-                min_refresh_interval: auth.min_refresh_interval,
-                token_lifetime: auth.token_lifetime,
-                timeout: auth.timeout,
-            },
+            metrics,
+            policy: Policy::of(auth),
             credentials: ArcSwap::from_pointee(credentials),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             health: Mutex::new(Health::default()),
@@ -198,6 +228,24 @@ impl TokenSource {
             next_refresh_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         })
+    }
+
+    /// Whether `auth` would obtain exactly the tokens this source obtains, under the same
+    /// timing rules: a reload may then keep this source, its backoff and its refresh token.
+    pub fn serves(&self, auth: &AuthConfig) -> bool {
+        let current = self.credentials.load();
+        self.policy == Policy::of(auth)
+            && current.key.fingerprint == fingerprint(&auth.flow, &self.cache.hasher)
+    }
+
+    /// This source is being replaced (reload): drop its token from the cache unless
+    /// `successor` would use the very same one (only a timing rule changed).
+    pub fn retire(&self, successor: Option<&TokenSource>) {
+        let key = &self.credentials.load().key;
+        if successor.is_some_and(|s| s.credentials.load().key == *key) {
+            return;
+        }
+        self.cache.cache.invalidate(key);
     }
 
     /// Whether requests get a token at all (`flow = "none"` does not).
@@ -280,7 +328,11 @@ impl TokenSource {
         if let Some(last) = state.last_request {
             tokio::time::sleep_until(last + self.policy.min_refresh_interval).await;
         }
-        self.request(&credentials, &mut state).await
+        let trigger = match rejected {
+            Some(_) => Trigger::Rejected,
+            None => Trigger::Demand,
+        };
+        self.request(&credentials, &mut state, trigger).await
     }
 
     fn refresh_in_background(self: &Arc<Self>, seen: &Arc<Token>, now: Instant) {
@@ -319,7 +371,9 @@ impl TokenSource {
             }
         }
         // The outcome is recorded (and logged) by `request`; requests keep the live token.
-        let _ = self.request(&credentials, &mut state).await;
+        let _ = self
+            .request(&credentials, &mut state, Trigger::RefreshAhead)
+            .await;
     }
 
     /// Sends one token request and records what came of it.
@@ -327,6 +381,7 @@ impl TokenSource {
         &self,
         credentials: &Credentials,
         state: &mut FetchState,
+        trigger: Trigger,
     ) -> Result<Arc<Token>, TokenError> {
         let Some(endpoint) = Endpoint::of(&credentials.flow) else {
             // Unreachable: `static` answers from `fixed` and `none` never asks.
@@ -349,6 +404,8 @@ impl TokenSource {
         .await
         .and_then(|grant| self.make_token(grant, started));
         let upstream = &*credentials.key.upstream;
+        self.metrics
+            .token_fetch(outcome(&result), started.elapsed());
         match result {
             Ok((token, refresh_token)) => {
                 if let Some(r) = refresh_token {
@@ -357,11 +414,31 @@ impl TokenSource {
                 self.cache
                     .cache
                     .insert(credentials.key.clone(), Arc::clone(&token));
-                self.health().failures = 0;
-                self.health().backoff = None;
+                {
+                    let mut health = self.health();
+                    health.failures = 0;
+                    health.backoff = None;
+                    health.last = Some(Last {
+                        at: SystemTime::now(),
+                        fingerprint,
+                        error: None,
+                    });
+                }
                 self.defer_refresh(token.refresh_at);
-                let lifetime = token.expires_at.saturating_duration_since(started);
-                tracing::info!(upstream, lifetime = %humantime::format_duration(round(lifetime)), refreshed = refresh.is_some(), "token obtained");
+                let lifetime = seconds(token.expires_at.saturating_duration_since(started));
+                let used_refresh_token = refresh.is_some();
+                match trigger {
+                    Trigger::RefreshAhead => {
+                        tracing::info!(upstream, lifetime, used_refresh_token, "token refreshed")
+                    }
+                    Trigger::Demand | Trigger::Rejected => tracing::info!(
+                        upstream,
+                        lifetime,
+                        used_refresh_token,
+                        trigger = trigger.name(),
+                        "token fetched"
+                    ),
+                }
                 Ok(token)
             }
             Err(error) => {
@@ -378,13 +455,71 @@ impl TokenSource {
                     error: error.clone(),
                     fingerprint,
                 });
+                health.last = Some(Last {
+                    at: SystemTime::now(),
+                    fingerprint,
+                    error: Some(error.clone()),
+                });
+                let failures = health.failures;
                 drop(health);
                 self.defer_refresh(until);
                 let token_error = error.endpoint_code().map(|c| c.to_string());
-                tracing::warn!(upstream, error = %error, token_error, transient = error.is_transient(), backoff = %humantime::format_duration(round(delay)), "token request failed; backing off");
+                tracing::warn!(upstream, %error, token_error, transient = error.is_transient(), trigger = trigger.name(), "token request failed");
+                let retry_at = humantime::format_rfc3339_seconds(SystemTime::now() + delay);
+                tracing::info!(upstream, until = %retry_at, retry_in_ms = millis(delay), failures, "backing off");
                 Err(error)
             }
         }
+    }
+
+    /// A snapshot for `/status` and `/readyz`.
+    pub fn status(&self) -> TokenStatus {
+        let credentials = self.credentials.load();
+        let flow = credentials.flow.kind();
+        let endpoint = credentials.flow.token_endpoint().map(ToString::to_string);
+        match &credentials.flow {
+            Flow::None => return TokenStatus::new(flow, None, TokenState::NotUsed),
+            Flow::Static(_) => return TokenStatus::new(flow, None, TokenState::Static),
+            Flow::ClientCredentials(_) | Flow::Password(_) | Flow::NexusHub(_) => {}
+        }
+        let now = Instant::now();
+        let live = self
+            .cache
+            .cache
+            .get(&credentials.key)
+            .filter(|t| t.is_live(now));
+        let health = self.health();
+        let fingerprint = credentials.key.fingerprint;
+        let last = health
+            .last
+            .as_ref()
+            .filter(|l| l.fingerprint == fingerprint);
+        let state = match (last.and_then(|l| l.error.as_ref()), &live) {
+            (Some(e), _) if !e.is_transient() => TokenState::CredentialError,
+            (_, Some(_)) => TokenState::Live,
+            (Some(_), None) => TokenState::Failing,
+            (None, None) if last.is_some() => TokenState::Expired,
+            (None, None) => TokenState::Idle,
+        };
+        let mut status = TokenStatus::new(flow, endpoint, state);
+        status.expires_in_seconds =
+            live.map(|t| t.expires_at.saturating_duration_since(now).as_secs());
+        status.last_fetch = last.map(|l| LastFetch {
+            at: status::unix(l.at),
+            outcome: outcome_name(l.error.as_ref()),
+            error_code: l
+                .error
+                .as_ref()
+                .and_then(|e| e.endpoint_code())
+                .map(|c| c.to_string()),
+            error: l.error.as_ref().map(ToString::to_string),
+        });
+        status.backing_off_seconds = health
+            .backoff
+            .as_ref()
+            .filter(|b| b.fingerprint == fingerprint && b.until > now)
+            .map(|b| b.until.saturating_duration_since(now).as_secs().max(1));
+        status
     }
 
     fn make_token(
@@ -443,8 +578,46 @@ impl TokenSource {
     }
 }
 
-fn round(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs())
+/// Whole seconds, for log fields.
+fn seconds(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn outcome(result: &Result<(Arc<Token>, Option<Secret>), TokenError>) -> FetchOutcome {
+    match result {
+        Ok(_) => FetchOutcome::Success,
+        Err(e) => error_outcome(e),
+    }
+}
+
+fn error_outcome(e: &TokenError) -> FetchOutcome {
+    match e {
+        TokenError::Rejected { .. } => FetchOutcome::Rejected,
+        TokenError::Unavailable { .. } => FetchOutcome::Unavailable,
+        TokenError::Invalid(_) | TokenError::Totp(_) => FetchOutcome::Invalid,
+        TokenError::Unreachable(_) => FetchOutcome::Unreachable,
+        TokenError::Timeout(_) => FetchOutcome::Timeout,
+        TokenError::BackingOff { last } => error_outcome(last),
+    }
+}
+
+fn outcome_name(error: Option<&TokenError>) -> &'static str {
+    error.map_or(FetchOutcome::Success, error_outcome).label()
+}
+
+impl Policy {
+    fn of(auth: &AuthConfig) -> Policy {
+        Policy {
+            refresh_before: auth.refresh_before,
+            min_refresh_interval: auth.min_refresh_interval,
+            token_lifetime: auth.token_lifetime,
+            timeout: auth.timeout,
+        }
+    }
 }
 
 impl Credentials {

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Version};
@@ -107,12 +106,9 @@ pub async fn sidecar(toml: &str) -> Running {
         .map(|u| (u.name.clone(), sidecar.local_addr(&u.name).unwrap()))
         .collect();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(sidecar.run(
-        async {
-            let _ = rx.await;
-        },
-        Duration::from_secs(5),
-    ));
+    let task = tokio::spawn(sidecar.run(async {
+        let _ = rx.await;
+    }));
     Running {
         addrs,
         stop: Some(tx),

@@ -1,0 +1,106 @@
+//! What an upstream's token is doing, for `/readyz`, `/status` and the expiry gauge.
+//!
+//! A snapshot assembled on demand by [`TokenSource::status`](super::TokenSource::status); it
+//! never holds a token or a secret, only states, times and sanitised error codes.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::FlowKind;
+
+/// The state of one upstream's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    /// `flow = "none"`: no token is ever needed.
+    NotUsed,
+    /// `flow = "static"`: the configured token.
+    Static,
+    /// No request has needed a token yet.
+    Idle,
+    /// A live token is held.
+    Live,
+    /// The last token expired unused; the next request fetches one.
+    Expired,
+    /// The last token request failed transiently and no live token is held.
+    Failing,
+    /// The token endpoint refused the current credentials (whether or not a live token remains).
+    CredentialError,
+}
+
+impl TokenState {
+    /// Ready means: a request now would get a token, or has not needed one yet.
+    pub fn is_ready(self) -> bool {
+        match self {
+            TokenState::NotUsed
+            | TokenState::Static
+            | TokenState::Idle
+            | TokenState::Live
+            | TokenState::Expired => true,
+            TokenState::Failing | TokenState::CredentialError => false,
+        }
+    }
+}
+
+/// The most recent token request.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastFetch {
+    /// Unix seconds.
+    pub at: u64,
+    /// `success`, or the failure's kind (`rejected`, `unavailable`, `invalid`, `unreachable`,
+    /// `timeout`).
+    pub outcome: &'static str,
+    /// The token endpoint's `error` code, when it gave one.
+    pub error_code: Option<String>,
+    /// What went wrong, in words (never endpoint-supplied text).
+    pub error: Option<String>,
+}
+
+/// One upstream's token, as an operator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenStatus {
+    pub flow: &'static str,
+    /// The token URL (or NexusHub's auth URL); none for `static` and `none`.
+    pub token_endpoint: Option<String>,
+    pub state: TokenState,
+    /// Seconds until the live token stops being used.
+    pub expires_in_seconds: Option<u64>,
+    pub last_fetch: Option<LastFetch>,
+    /// Seconds until the next token request is allowed, while backing off.
+    pub backing_off_seconds: Option<u64>,
+}
+
+impl TokenStatus {
+    pub(super) fn new(flow: FlowKind, token_endpoint: Option<String>, state: TokenState) -> Self {
+        TokenStatus {
+            flow: flow.name(),
+            token_endpoint,
+            state,
+            expires_in_seconds: None,
+            last_fetch: None,
+            backing_off_seconds: None,
+        }
+    }
+}
+
+/// Unix seconds of `at`.
+pub(super) fn unix(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_by_state() {
+        assert!(TokenState::Idle.is_ready());
+        assert!(TokenState::Expired.is_ready());
+        assert!(TokenState::Live.is_ready());
+        assert!(!TokenState::Failing.is_ready());
+        assert!(!TokenState::CredentialError.is_ready());
+    }
+}

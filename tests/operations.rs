@@ -1,0 +1,453 @@
+//! Operations end to end, in process: admin probes and their transitions, metrics that move,
+//! reloads (requested, and on a rotated secret file) that fail no request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nexus_sidecar::standin::{Api, Credentials, StandIn};
+use nexus_sidecar::{Config, Sidecar};
+use support::*;
+use tokio::sync::{mpsc, oneshot, watch};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "nexus-ops-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Replaces `path` atomically, as an orchestrator would: write beside it, rename over it.
+fn replace(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A NuvyNexus upstream whose credentials are read from `dir/client_id` and
+/// `dir/client_secret`, with the admin listener on a free port.
+fn file_config(s: &StandIn, dir: &Path, extra: &str) -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+
+[[upstream]]
+name = "api"
+listen = "127.0.0.1:0"
+target = "{target}"
+{extra}
+[upstream.auth]
+flow = "client_credentials"
+token_url = "{token_url}"
+client_id = {{ file = "{dir}/client_id" }}
+client_secret = {{ file = "{dir}/client_secret" }}
+min_refresh_interval = "0s"
+"#,
+        target = s.base_url(),
+        token_url = s.token_url(),
+        dir = dir.display(),
+    )
+}
+
+fn write_credentials(dir: &Path, c: &Credentials) {
+    replace(&dir.join("client_id"), &format!("{}\n", c.id));
+    replace(&dir.join("client_secret"), &format!("{}\n", c.secret));
+}
+
+struct Ops {
+    app: String,
+    admin: String,
+    reloads: watch::Receiver<nexus_sidecar::server::ReloadCount>,
+    reload: mpsc::Sender<()>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(config: &Config, path: Option<PathBuf>) -> Ops {
+    let mut sidecar = Sidecar::bind(config).await.unwrap();
+    if let Some(path) = path {
+        sidecar = sidecar.reload_from(path);
+    }
+    let app = format!("http://{}", sidecar.local_addr("api").unwrap());
+    let admin = format!("http://{}", sidecar.admin_addr().unwrap());
+    let reloads = sidecar.reloads();
+    let (reload, reload_rx) = mpsc::channel(4);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(sidecar.run_with_reloads(
+        async {
+            let _ = stopped.await;
+        },
+        reload_rx,
+    ));
+    Ops {
+        app,
+        admin,
+        reloads,
+        reload,
+        _stop: stop,
+    }
+}
+
+/// Waits (bounded) until `n` reloads have been applied.
+async fn applied(ops: &mut Ops, n: u64) {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ops.reloads.wait_for(|c| c.applied >= n),
+    )
+    .await
+    .expect("the reload did not happen")
+    .unwrap();
+}
+
+fn no_secrets(text: &str, s: &StandIn) {
+    assert!(!text.contains(SECRET_MARK), "{text}");
+    for token in s.issued_tokens() {
+        assert!(!text.contains(&token), "a token leaked: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_follow_a_credential_error_and_a_fixed_secret_file() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("probes");
+    write_credentials(&dir, &credentials(Api::NuvyNexus));
+    let config = Config::from_toml(&file_config(&s, &dir, "")).unwrap();
+    let mut ops = start(&config, None).await;
+    let http = Http::default();
+
+    let health = http.get(&format!("{}/healthz", ops.admin)).await;
+    assert_eq!(
+        (health.status.as_u16(), health.text().as_str()),
+        (200, "ok\n")
+    );
+    let ready = http.get(&format!("{}/readyz", ops.admin)).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["upstreams"]["api"]["state"], "idle");
+
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
+    let ready = http.get(&format!("{}/readyz", ops.admin)).await;
+    assert_eq!(
+        (
+            ready.status.as_u16(),
+            ready.json()["upstreams"]["api"]["state"].clone()
+        ),
+        (200, "live".into())
+    );
+    let status = http.get(&format!("{}/status", ops.admin)).await;
+    let api = &status.json()["upstreams"][0];
+    assert_eq!(api["name"], "api");
+    assert_eq!(api["flow"], "client_credentials");
+    assert_eq!(api["token_endpoint"], s.token_url());
+    assert_eq!(api["last_fetch"]["outcome"], "success");
+    assert!(api["expires_in_seconds"].as_u64().unwrap() > 3000);
+    no_secrets(&status.text(), &s);
+
+    // The endpoint stops accepting our secret and the API forgets our token.
+    let rotated = Credentials::new(
+        format!("id-{}", Api::NuvyNexus.name()),
+        format!("{SECRET_MARK}-rotated"),
+    );
+    s.set_credentials(rotated.clone());
+    s.revoke_all();
+    let failed = http.get(&format!("{}/v1/x", ops.app)).await;
+    assert_eq!(failed.status, 502);
+    assert_eq!(failed.json()["token_error"], "invalid_client");
+    let ready = http.get(&format!("{}/readyz", ops.admin)).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        ready.json()["upstreams"]["api"]["state"],
+        "credential_error"
+    );
+    assert_eq!(
+        ready.json()["upstreams"]["api"]["token_error"],
+        "invalid_client"
+    );
+    no_secrets(&ready.text(), &s);
+
+    // The operator fixes the secret file: noticed without a signal, and ready again.
+    write_credentials(&dir, &rotated);
+    applied(&mut ops, 1).await;
+    let ready = http.get(&format!("{}/readyz", ops.admin)).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
+    let ready = http.get(&format!("{}/readyz", ops.admin)).await;
+    assert_eq!(ready.json()["upstreams"]["api"]["state"], "live");
+    no_secrets(&http.get(&format!("{}/status", ops.admin)).await.text(), &s);
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_move_with_requests_token_fetches_and_replays() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("metrics");
+    write_credentials(&dir, &credentials(Api::NuvyNexus));
+    let config = Config::from_toml(&file_config(&s, &dir, "")).unwrap();
+    let ops = start(&config, None).await;
+    let http = Http::default();
+    let scrape = || async { http.get(&format!("{}/metrics", ops.admin)).await };
+
+    let before = scrape().await;
+    assert_eq!(before.status, 200);
+    assert!(before.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("openmetrics-text"));
+    let before = before.text();
+    assert_eq!(
+        sample(
+            &before,
+            r#"nexus_sidecar_requests_total{upstream="api",status="2xx"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &before,
+            r#"nexus_sidecar_token_expiry_seconds{upstream="api"}"#
+        ),
+        0.0
+    );
+
+    for _ in 0..3 {
+        assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
+    }
+    s.revoke_all();
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
+    s.fail_token_requests(usize::MAX, nexus_sidecar::standin::Failure::Status(503));
+    s.revoke_all();
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 503);
+
+    let after = scrape().await.text();
+    let get = |series: &str| sample(&after, series);
+    assert_eq!(
+        get(r#"nexus_sidecar_requests_total{upstream="api",status="2xx"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(r#"nexus_sidecar_requests_total{upstream="api",status="error"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"nexus_sidecar_request_duration_seconds_count{upstream="api"}"#),
+        5.0
+    );
+    assert_eq!(
+        get(r#"nexus_sidecar_token_fetches_total{upstream="api",outcome="success"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"nexus_sidecar_token_fetches_total{upstream="api",outcome="unavailable"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"nexus_sidecar_token_fetch_duration_seconds_count{upstream="api"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"nexus_sidecar_replays_total{upstream="api",outcome="recovered"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"nexus_sidecar_replays_total{upstream="api",outcome="token_unavailable"}"#),
+        1.0
+    );
+    // The pooled keep-alive connection is still open.
+    assert!(get(r#"nexus_sidecar_open_connections{upstream="api"}"#) >= 1.0);
+    no_secrets(&after, &s);
+}
+
+#[tokio::test]
+async fn token_expiry_gauge_reads_the_live_token() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("gauge");
+    write_credentials(&dir, &credentials(Api::NuvyNexus));
+    let config = Config::from_toml(&file_config(&s, &dir, "")).unwrap();
+    let ops = start(&config, None).await;
+    let http = Http::default();
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
+    let text = http.get(&format!("{}/metrics", ops.admin)).await.text();
+    let left = sample(
+        &text,
+        r#"nexus_sidecar_token_expiry_seconds{upstream="api"}"#,
+    );
+    // 3600 s tokens, retired 5 s early.
+    assert!((3000.0..=3595.0).contains(&left), "{left}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_reload_applies_the_file_and_fails_no_request() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("reload");
+    write_credentials(&dir, &credentials(Api::NuvyNexus));
+    let path = dir.join("config.toml");
+    replace(&path, &file_config(&s, &dir, ""));
+    let config = Config::load(&path).unwrap();
+    let mut ops = start(&config, Some(path.clone())).await;
+    let http = Http::default();
+
+    // Requests keep flowing on several connections while the configuration changes under them.
+    let (stop_load, mut stopped) = watch::channel(false);
+    let load = {
+        let url = format!("{}/v1/load", ops.app);
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !*stopped.borrow_and_update() {
+                let http = Http::default();
+                for _ in 0..5 {
+                    statuses.push(http.get(&url).await.status.as_u16());
+                }
+            }
+            statuses
+        })
+    };
+    replace(
+        &path,
+        &file_config(&s, &dir, "headers = { x-config = \"v2\" }"),
+    );
+    ops.reload.send(()).await.unwrap();
+    applied(&mut ops, 1).await;
+
+    // A new upstream appears on its own listener, then goes again.
+    let port = free_port();
+    let second = format!(
+        "[[upstream]]\nname = \"second\"\nlisten = \"127.0.0.1:{port}\"\ntarget = \"{}\"\n[upstream.auth]\nflow = \"none\"\n",
+        s.base_url()
+    );
+    replace(
+        &path,
+        &format!(
+            "{}\n{second}",
+            file_config(&s, &dir, "headers = { x-config = \"v2\" }")
+        ),
+    );
+    ops.reload.send(()).await.unwrap();
+    applied(&mut ops, 2).await;
+    let via_second = http
+        .get(&format!("http://127.0.0.1:{port}/v1/second"))
+        .await;
+    assert_eq!(via_second.status, 401, "flow none: the API sees no token");
+
+    // An invalid configuration is refused; the running one stays.
+    replace(&path, "[[upstream]]\nname = \"api\"\nlisten = 1\n");
+    ops.reload.send(()).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ops.reloads.wait_for(|c| c.refused >= 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        http.get(&format!("{}/v1/after-refusal", ops.app))
+            .await
+            .status,
+        200
+    );
+
+    replace(
+        &path,
+        &file_config(&s, &dir, "headers = { x-config = \"v3\" }"),
+    );
+    ops.reload.send(()).await.unwrap();
+    applied(&mut ops, 3).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "the removed upstream's listener is closed"
+    );
+
+    stop_load.send(true).unwrap();
+    let statuses = load.await.unwrap();
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let reply = http.get(&format!("{}/v1/last", ops.app)).await;
+    assert_eq!(reply.status, 200);
+    let last = s
+        .seen()
+        .into_iter()
+        .rev()
+        .find(|r| r.path_and_query == "/v1/last")
+        .unwrap();
+    assert_eq!(last.headers["x-config"], "v3");
+    // One token served everything: the credentials never changed.
+    assert_eq!(s.token_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_symlink_swap_rotates_the_secret_for_the_next_token() {
+    let s = standin(Api::NuvyNexus).await;
+    // The layout kubelet gives a mounted Secret: files are symlinks into ..data, itself a
+    // symlink to a timestamped directory that is swapped whole on update.
+    let dir = temp_dir("k8s");
+    let first = dir.join("..2026_11_22_10_00_00.1");
+    std::fs::create_dir(&first).unwrap();
+    write_credentials(&first, &credentials(Api::NuvyNexus));
+    std::os::unix::fs::symlink(first.file_name().unwrap(), dir.join("..data")).unwrap();
+    for key in ["client_id", "client_secret"] {
+        std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
+    }
+    let config = Config::from_toml(&file_config(&s, &dir, "")).unwrap();
+    let mut ops = start(&config, None).await;
+    let http = Http::default();
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
+
+    let (stop_load, mut stopped) = watch::channel(false);
+    let load = {
+        let url = format!("{}/v1/load", ops.app);
+        tokio::spawn(async move {
+            let http = Http::default();
+            let mut statuses = Vec::new();
+            while !*stopped.borrow_and_update() {
+                statuses.push(http.get(&url).await.status.as_u16());
+            }
+            statuses
+        })
+    };
+    let rotated = Credentials::new(
+        format!("id-{}", Api::NuvyNexus.name()),
+        format!("{SECRET_MARK}-k8s-rotated"),
+    );
+    let second = dir.join("..2026_11_22_11_00_00.2");
+    std::fs::create_dir(&second).unwrap();
+    write_credentials(&second, &rotated);
+    std::os::unix::fs::symlink(second.file_name().unwrap(), dir.join("..data_tmp")).unwrap();
+    s.set_credentials(rotated);
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    applied(&mut ops, 1).await;
+
+    let reply = http.get(&format!("{}/v1/after", ops.app)).await;
+    assert_eq!(reply.status, 200);
+    stop_load.send(true).unwrap();
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // The rotated secret obtained a new token, and the old token was retired with it.
+    assert_eq!(s.token_requests(), 2);
+    let issued = s.issued_tokens();
+    let after = s
+        .seen()
+        .into_iter()
+        .rev()
+        .find(|r| r.path_and_query == "/v1/after")
+        .unwrap();
+    assert_eq!(after.token.as_deref(), Some(issued[1].as_str()));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
