@@ -113,21 +113,24 @@ fn config(standins: &[StandIn], fixed_ports: bool) -> Result<Config, ConfigError
     let mut toml = String::new();
     for (s, (api, _, port)) in standins.iter().zip(APIS) {
         let port = if fixed_ports { port } else { 0 };
-        let id = format!("demo-{}", api.name());
-        let auth = match api {
-            Api::NuvyNexus | Api::NuvyLegacy => format!("flow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{id}\"\nclient_secret = \"demo-secret\"\nclient_auth = \"basic\"", s.token_url()),
-            Api::Quantoz => format!("flow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{id}\"\nclient_secret = \"demo-secret\"\nclient_auth = \"body\"\nscope = \"api1\"", s.token_url()),
-            Api::Nexudus => format!("flow = \"password\"\ntoken_url = \"{}\"\nusername = \"{id}\"\npassword = \"demo-secret\"\ntotp_secret = \"{DEMO_TOTP}\"", s.token_url()),
-            Api::NexusHub => format!("flow = \"nexushub\"\nauth_url = \"{}\"\nuser_key = \"{id}\"\nuser_secret = \"demo-secret\"", s.token_url()),
-        };
         let _ = write!(
             toml,
-            "[[upstream]]\nname = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ntarget = \"{}\"\n[upstream.auth]\n{auth}\nmin_refresh_interval = \"{DEMO_MIN_REFRESH_INTERVAL}\"\n\n",
+            "[[upstream]]\nname = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ntarget = \"{}\"\n[upstream.auth]\n{}min_refresh_interval = \"{DEMO_MIN_REFRESH_INTERVAL}\"\n\n",
             api.name(),
-            s.base_url()
+            s.base_url(),
+            s.auth_toml(&credentials(api)),
         );
     }
     Config::from_toml(&toml)
+}
+
+/// The demo's credentials for the stand-in of `api`.
+fn credentials(api: Api) -> Credentials {
+    let c = Credentials::new(format!("demo-{}", api.name()), "demo-secret");
+    match api {
+        Api::Nexudus => c.with_totp(DEMO_TOTP),
+        Api::NuvyNexus | Api::NuvyLegacy | Api::Quantoz | Api::NexusHub => c,
+    }
 }
 
 fn instructions(standins: &[StandIn], sidecar: &Sidecar) -> String {

@@ -227,6 +227,24 @@ impl StandIn {
         self.shared.api
     }
 
+    /// The `[upstream.auth]` lines that make the sidecar sign in here with `c`, written as
+    /// literal secrets (a stand-in's credentials protect nothing).
+    pub fn auth_toml(&self, c: &Credentials) -> String {
+        let (id, secret, url) = (&c.id, &c.secret, self.token_url());
+        let client = |auth: &str| {
+            format!("flow = \"client_credentials\"\ntoken_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\nclient_auth = \"{auth}\"\n")
+        };
+        match self.api() {
+            Api::NuvyNexus | Api::NuvyLegacy => client("basic"),
+            Api::Quantoz => client("body") + "scope = \"api1\"\n",
+            Api::Nexudus => {
+                let totp = c.totp_secret.as_ref().map(|t| format!("totp_secret = \"{t}\"\n"));
+                format!("flow = \"password\"\ntoken_url = \"{url}\"\nusername = \"{id}\"\npassword = \"{secret}\"\n{}", totp.unwrap_or_default())
+            }
+            Api::NexusHub => format!("flow = \"nexushub\"\nauth_url = \"{url}\"\nuser_key = \"{id}\"\nuser_secret = \"{secret}\"\n"),
+        }
+    }
+
     /// `expires_in` of tokens issued from now on; `None` omits the field. Ignored by NexusHub,
     /// which never sends one (its JWT lifetime governs).
     pub fn set_expires_in(&self, secs: Option<u64>) {

@@ -46,29 +46,14 @@ pub async fn standin(api: Api) -> StandIn {
 /// credentials written as literals. `upstream_extra` lines go in `[[upstream]]`, `auth_extra`
 /// lines in `[upstream.auth]`.
 pub fn upstream_toml(name: &str, s: &StandIn, upstream_extra: &str, auth_extra: &str) -> String {
-    let c = credentials(s.api());
-    let (id, secret) = (c.id, c.secret);
-    let auth = match s.api() {
-        Api::NuvyNexus | Api::NuvyLegacy => format!(
-            "flow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\nclient_auth = \"basic\"",
-            s.token_url()
-        ),
-        Api::Quantoz => format!(
-            "flow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\nclient_auth = \"body\"\nscope = \"api1\"",
-            s.token_url()
-        ),
-        Api::Nexudus => format!(
-            "flow = \"password\"\ntoken_url = \"{}\"\nusername = \"{id}\"\npassword = \"{secret}\"\ntotp_secret = \"{TOTP_SEED}\"",
-            s.token_url()
-        ),
-        Api::NexusHub => format!(
-            "flow = \"nexushub\"\nauth_url = \"{}\"\nuser_key = \"{id}\"\nuser_secret = \"{secret}\"",
-            s.token_url()
-        ),
-    };
+    let mut c = credentials(s.api());
+    if s.api() == Api::Nexudus {
+        c = c.with_totp(TOTP_SEED);
+    }
     format!(
-        "[[upstream]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\n{upstream_extra}\n[upstream.auth]\n{auth}\n{auth_extra}\n",
-        s.base_url()
+        "[[upstream]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\n{upstream_extra}\n[upstream.auth]\n{}{auth_extra}\n",
+        s.base_url(),
+        s.auth_toml(&c)
     )
 }
 
