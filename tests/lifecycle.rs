@@ -107,29 +107,29 @@ async fn cold_start_burst_waits_for_a_held_token_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_ahead_runs_in_the_background_while_the_live_token_serves() {
-    // `refresh_before` longer than the lifetime: a refresh is due as soon as a token arrives.
+    // 10 s tokens with a `refresh_before` longer than that: capped, the refresh is due at
+    // half-life (4.5 s), which leaves 4.5 s of live token while the refresh is held.
     let (s, r) = pair(
         Api::NuvyNexus,
         "",
         "refresh_before = \"1h\"\nmin_refresh_interval = \"0s\"",
     )
     .await;
+    s.set_expires_in(Some(10));
     let http = Http::default();
     let url = r.url("api", "/v1/x");
     assert_eq!(http.get(&url).await.status, 200);
     let first = s.issued_tokens()[0].clone();
 
     s.hold_token_requests(true);
-    // The next request starts the background refresh, which the stand-in now holds.
-    // A request that waited for it would not come back until the hold is released.
+    // Requests keep coming; once the token is due one of them starts the background refresh,
+    // which the stand-in holds. A request that waited for it would not come back.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
     timeout(PATIENCE, async {
-        for _ in 0..50 {
+        while s.held_token_requests() == 0 {
+            pace.tick().await;
             let reply = http.get(&url).await;
             assert_eq!(reply.status, 200, "{}", reply.text());
-            if s.held_token_requests() >= 1 {
-                break;
-            }
-            tokio::task::yield_now().await;
         }
         s.wait_held(1).await;
     })
@@ -371,21 +371,30 @@ async fn requests_queued_behind_a_failed_token_request_fail_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_ahead_keeps_the_live_token_in_use() {
+    // 10 s tokens: the (capped) refresh is due at half-life, 4.5 s in.
     let (s, r) = pair(
         Api::NuvyNexus,
         "",
         "refresh_before = \"1h\"\nmin_refresh_interval = \"0s\"",
     )
     .await;
+    s.set_expires_in(Some(10));
     let http = Http::default();
     let url = r.url("api", "/v1/x");
     assert_eq!(http.get(&url).await.status, 200);
     let first = s.issued_tokens()[0].clone();
 
     s.fail_token_requests(usize::MAX, Failure::Status(503));
-    // This request starts the background refresh, which fails.
-    assert_eq!(http.get(&url).await.status, 200);
-    timeout(PATIENCE, s.wait_token_requests(2)).await.unwrap();
+    // Requests keep coming until one starts the background refresh, which fails.
+    let mut due = tokio::time::interval(Duration::from_millis(20));
+    timeout(PATIENCE, async {
+        while s.token_requests() < 2 {
+            due.tick().await;
+            assert_eq!(http.get(&url).await.status, 200);
+        }
+    })
+    .await
+    .expect("no refresh ahead started");
     let replies = timeout(PATIENCE, burst(&http, &url, 30)).await.unwrap();
     assert_all(&replies, StatusCode::OK);
     assert_eq!(s.issued_tokens(), std::slice::from_ref(&first));

@@ -278,3 +278,37 @@ fn listen_forms() {
         .unwrap_err()
         .contains("expected a port"));
 }
+
+#[test]
+fn zero_timeouts_unusable_ca_files_and_unsendable_static_tokens_are_refused() {
+    let base = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n";
+    let none = "[upstream.auth]\nflow = \"none\"\n";
+    let e = err(&format!("{base}request_timeout = \"0s\"\n{none}"));
+    assert!(
+        e.contains("request_timeout") && e.contains("greater than zero"),
+        "{e}"
+    );
+    let e = err(&format!("{base}connect_timeout = \"0ms\"\n{none}"));
+    assert!(e.contains("connect_timeout"), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("nexus-config-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello, not a certificate\n").unwrap();
+    let e = err(&format!(
+        "{base}ca_file = {:?}\n{none}",
+        not_pem.display().to_string()
+    ));
+    assert!(
+        e.contains("ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    let e = err(&format!("{base}ca_file = \"/nonexistent/ca.pem\"\n{none}"));
+    assert!(e.contains("cannot read"), "{e}");
+
+    let e = err(&format!(
+        "{base}[upstream.auth]\nflow = \"static\"\ntoken = \"bad\\ntoken\"\n"
+    ));
+    assert!(e.contains("cannot carry"), "{e}");
+    assert!(!e.contains("bad"), "the token itself is not repeated: {e}");
+}

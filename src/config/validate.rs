@@ -160,12 +160,17 @@ impl Validator<'_> {
         let headers = self.headers(line, &key("headers"), &raw.headers);
         let retry_on = self.retry_on(line, &key("retry_on"), raw.retry_on);
         if let Some(ca) = &raw.ca_file {
-            if let Err(e) = std::fs::metadata(ca) {
-                self.problem(
-                    line,
-                    &key("ca_file"),
-                    format!("cannot read `{}`: {e}", ca.display()),
-                );
+            if let Err(msg) = check_ca_file(ca) {
+                self.problem(line, &key("ca_file"), msg);
+            }
+        }
+        for (name, d) in [
+            ("connect_timeout", raw.connect_timeout),
+            ("request_timeout", raw.request_timeout),
+        ] {
+            if d.is_some_and(|d| d.0.is_zero()) {
+                let msg = "must be greater than zero: every request would time out".into();
+                self.problem(line, &key(name), msg);
             }
         }
         let auth = self.auth(auth_line, &format!("upstream.{name}.auth"), auth);
@@ -370,7 +375,15 @@ impl Validator<'_> {
                     user_secret: user_secret?,
                 })
             }
-            FlowKind::Static => Flow::Static(f.required("token", &raw.token)?),
+            FlowKind::Static => {
+                let token = f.required("token", &raw.token)?;
+                if crate::headers::bearer(token.value.expose()).is_none() {
+                    let msg = "the token holds characters an HTTP header cannot carry".into();
+                    f.v.problem(line, &format!("{key}.token"), msg);
+                    return None;
+                }
+                Flow::Static(token)
+            }
             FlowKind::None => Flow::None,
         };
         if !f.ok {
@@ -508,6 +521,22 @@ impl FlowFields<'_, '_> {
             }
         }
     }
+}
+
+/// The file must hold at least one PEM certificate: found now, it is an exit 64, not a failure
+/// after the listeners are bound.
+fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read `{shown}`: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("`{shown}` is not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("`{shown}` holds no PEM certificate"));
+    }
+    Ok(())
 }
 
 /// `"8081"` binds loopback; `"host:port"` binds what it says; `localhost` means 127.0.0.1.

@@ -76,7 +76,12 @@ async fn password(
         ];
         push_scope_and_extras(&mut form, p.scope.as_deref(), &p.extra_params);
         match exchange.form(&p.token_url, form, p.client.as_ref()).await {
-            Ok(grant) => return Ok(grant),
+            Ok(grant) => {
+                return Ok(Grant {
+                    via_refresh: true,
+                    ..grant
+                })
+            }
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
                 tracing::info!(error = %e, "refresh token refused; signing in with the password grant")
@@ -107,7 +112,12 @@ async fn nexushub(
     if let Some(refresh) = refresh {
         let body = serde_json::json!({ "refresh_token": refresh.expose() });
         match exchange.json(&n.refresh_url, &body).await {
-            Ok(grant) => return Ok(grant),
+            Ok(grant) => {
+                return Ok(Grant {
+                    via_refresh: true,
+                    ..grant
+                })
+            }
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => tracing::info!(error = %e, "refresh token refused; authenticating again"),
         }

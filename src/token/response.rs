@@ -28,6 +28,8 @@ pub struct Grant {
     /// From `expires_in`, else the JWT `exp` claim; `None` when neither is given.
     pub lifetime: Option<Duration>,
     pub refresh_token: Option<Secret>,
+    /// Obtained with a refresh token (which then stays usable unless a new one came).
+    pub via_refresh: bool,
 }
 
 /// Interprets a complete token endpoint response.
@@ -69,13 +71,20 @@ pub fn parse(
 
 fn parse_success(headers: &HeaderMap, body: &[u8], now_unix: u64) -> Result<Grant, TokenError> {
     let Some(object) = json_object(body) else {
+        // Only a well-formed media type is repeated: the header is the endpoint's text.
         let content_type = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("none")
-            .chars()
-            .take(64)
-            .collect();
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && t.len() <= 64
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-/".contains(&b))
+            })
+            .unwrap_or("none or unprintable")
+            .to_owned();
         return Err(InvalidResponse::NotJson { content_type }.into());
     };
     let access_token = match object.get("access_token") {
@@ -105,6 +114,7 @@ fn parse_success(headers: &HeaderMap, body: &[u8], now_unix: u64) -> Result<Gran
         access_token,
         lifetime,
         refresh_token,
+        via_refresh: false,
     })
 }
 

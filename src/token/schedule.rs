@@ -27,6 +27,22 @@ const BACKOFF_JITTER_SHARE: f64 = 0.25;
 /// upstream for a day.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 
+/// A refresh never starts before this share of the usable lifetime has passed, whatever
+/// `refresh_before` says: otherwise a `refresh_before` as long as the lifetime the server grants
+/// would refresh every token the moment it arrives, once per `min_refresh_interval`, forever.
+const MAX_REFRESH_LEAD_SHARE: f64 = 0.5;
+
+/// When a token's use and refresh are due; see [`plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The token is not sent from this instant on.
+    pub expires_at: Instant,
+    /// A background refresh may start from this instant on.
+    pub refresh_at: Instant,
+    /// `refresh_before` asked for more than half the usable lifetime and was cut to that.
+    pub lead_capped: bool,
+}
+
 /// When a token obtained at `obtained_at` and good for `lifetime` stops being used and when its
 /// refresh may start. `jitter` is uniform in `[0, 1)`.
 pub fn plan(
@@ -34,7 +50,7 @@ pub fn plan(
     lifetime: Duration,
     refresh_before: Option<Duration>,
     jitter: f64,
-) -> (Instant, Instant) {
+) -> Plan {
     let safety = lifetime.mul_f64(SAFETY_SHARE).min(MAX_SAFETY);
     let usable = lifetime.saturating_sub(safety);
     let before = refresh_before.unwrap_or_else(|| {
@@ -42,11 +58,13 @@ pub fn plan(
             .mul_f64(DEFAULT_REFRESH_SHARE)
             .min(MAX_DEFAULT_REFRESH_BEFORE)
     });
-    let lead = before + before.mul_f64(REFRESH_JITTER_SHARE * jitter.clamp(0.0, 1.0));
-    (
-        obtained_at + usable,
-        obtained_at + usable.saturating_sub(lead),
-    )
+    let wanted = before + before.mul_f64(REFRESH_JITTER_SHARE * jitter.clamp(0.0, 1.0));
+    let max_lead = usable.mul_f64(MAX_REFRESH_LEAD_SHARE);
+    Plan {
+        expires_at: obtained_at + usable,
+        refresh_at: obtained_at + usable.saturating_sub(wanted.min(max_lead)),
+        lead_capped: wanted > max_lead,
+    }
 }
 
 /// How long to wait after the `failures`-th consecutive failure (1-based). `jitter` is uniform
@@ -69,15 +87,19 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
+    fn at(p: Plan) -> (Instant, Instant) {
+        (p.expires_at, p.refresh_at)
+    }
+
     #[test]
     fn default_refresh_is_a_fifth_of_the_lifetime_clamped() {
         let t0 = Instant::now();
-        // 100 s: 5 s safety is more than 10% (10 s)? No: 10% = 10 s, clamped to 5 s.
-        let (expires, refresh) = plan(t0, S(100), None, 0.0);
+        // 100 s: the safety margin is 10% (10 s) clamped to 5 s; a fifth of 100 s is 20 s.
+        let (expires, refresh) = at(plan(t0, S(100), None, 0.0));
         assert_eq!(expires - t0, S(95));
         assert_eq!(refresh - t0, S(75));
         // 24 h: refresh_before clamps to 5 min.
-        let (expires, refresh) = plan(t0, S(86_400), None, 0.0);
+        let (expires, refresh) = at(plan(t0, S(86_400), None, 0.0));
         assert_eq!(expires - t0, S(86_395));
         assert_eq!(expires - refresh, S(300));
     }
@@ -85,7 +107,7 @@ mod tests {
     #[test]
     fn short_lifetimes_keep_proportions() {
         let t0 = Instant::now();
-        let (expires, refresh) = plan(t0, S(2), None, 0.0);
+        let (expires, refresh) = at(plan(t0, S(2), None, 0.0));
         assert_eq!(expires - t0, Duration::from_millis(1800));
         assert_eq!(refresh - t0, Duration::from_millis(1400));
     }
@@ -93,18 +115,21 @@ mod tests {
     #[test]
     fn explicit_refresh_before_and_jitter() {
         let t0 = Instant::now();
-        let (expires, refresh) = plan(t0, S(3600), Some(S(60)), 0.0);
+        let (expires, refresh) = at(plan(t0, S(3600), Some(S(60)), 0.0));
         assert_eq!(expires - refresh, S(60));
-        let (_, jittered) = plan(t0, S(3600), Some(S(60)), 0.999);
+        let (_, jittered) = at(plan(t0, S(3600), Some(S(60)), 0.999));
         assert!(jittered < refresh && refresh - jittered <= S(6));
     }
 
     #[test]
-    fn refresh_before_longer_than_the_lifetime_refreshes_at_once() {
+    fn refresh_before_is_capped_at_half_the_usable_lifetime() {
         let t0 = Instant::now();
-        let (expires, refresh) = plan(t0, S(60), Some(S(3600)), 0.5);
-        assert_eq!(refresh, t0);
-        assert!(expires > t0);
+        let p = plan(t0, S(60), Some(S(3600)), 0.5);
+        // 60 s with 5 s safety: usable 55 s, so the refresh waits 27.5 s instead of none.
+        assert_eq!(p.expires_at - t0, S(55));
+        assert_eq!(p.refresh_at - t0, Duration::from_millis(27_500));
+        assert!(p.lead_capped);
+        assert!(!plan(t0, S(3600), Some(S(60)), 0.5).lead_capped);
     }
 
     #[test]

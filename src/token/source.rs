@@ -145,6 +145,16 @@ struct Last {
     error: Option<TokenError>,
 }
 
+/// What to do with the held refresh token after a successful token request.
+enum NextRefresh {
+    /// A new one came: use it next time.
+    Replace(Secret),
+    /// The refresh worked and brought no new one (NexusHub): the old one still serves.
+    Keep,
+    /// A sign-in brought none: drop whatever is held.
+    Clear,
+}
+
 /// What made a token request happen; named in the token event logs.
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
@@ -313,15 +323,15 @@ impl TokenSource {
     /// The slow path: one token request at a time, after re-checking what the previous one
     /// brought. `rejected` is a token the upstream refused, which must not be handed out again.
     async fn fetch(&self, rejected: Option<&Arc<Token>>) -> Result<Arc<Token>, TokenError> {
+        // A newer live token serves even while backing off (a replay after a failed refresh).
+        if let Some(token) = self.live_except(rejected) {
+            return Ok(token);
+        }
         self.fail_fast(self.credentials.load().key.fingerprint)?;
         let mut state = self.fetch.lock().await;
         let credentials = self.credentials.load_full();
-        let now = Instant::now();
-        if let Some(token) = self.cache.cache.get(&credentials.key) {
-            let refused = rejected.is_some_and(|r| Arc::ptr_eq(r, &token));
-            if token.is_live(now) && !refused {
-                return Ok(token);
-            }
+        if let Some(token) = self.live_except(rejected) {
+            return Ok(token);
         }
         // The request we queued behind may have failed: do not repeat it at once.
         self.fail_fast(credentials.key.fingerprint)?;
@@ -335,6 +345,13 @@ impl TokenSource {
         self.request(&credentials, &mut state, trigger).await
     }
 
+    /// The cached live token, unless it is `rejected`.
+    fn live_except(&self, rejected: Option<&Arc<Token>>) -> Option<Arc<Token>> {
+        let token = self.cache.cache.get(&self.credentials.load().key)?;
+        let refused = rejected.is_some_and(|r| Arc::ptr_eq(r, &token));
+        (token.is_live(Instant::now()) && !refused).then_some(token)
+    }
+
     fn refresh_in_background(self: &Arc<Self>, seen: &Arc<Token>, now: Instant) {
         if self.millis(now) < self.next_refresh_ms.load(Ordering::Relaxed) {
             return;
@@ -345,8 +362,10 @@ impl TokenSource {
         let this = Arc::clone(self);
         let seen = Arc::clone(seen);
         tokio::spawn(async move {
+            // Cleared however the task ends (even cancelled at runtime shutdown), or
+            // refresh ahead would stay off for good.
+            let _clear = ClearOnDrop(&this.refreshing);
             this.refresh_ahead(&seen).await;
-            this.refreshing.store(false, Ordering::Release);
         });
     }
 
@@ -407,9 +426,13 @@ impl TokenSource {
         self.metrics
             .token_fetch(outcome(&result), started.elapsed());
         match result {
-            Ok((token, refresh_token)) => {
-                if let Some(r) = refresh_token {
-                    state.refresh_token = Some((fingerprint, r));
+            Ok((token, next)) => {
+                match next {
+                    NextRefresh::Replace(r) => state.refresh_token = Some((fingerprint, r)),
+                    NextRefresh::Keep => {}
+                    // A sign-in without a refresh token: any earlier one was refused or is
+                    // stale, and must not cost a request at every later refresh.
+                    NextRefresh::Clear => state.refresh_token = None,
                 }
                 self.cache
                     .cache
@@ -526,22 +549,36 @@ impl TokenSource {
         &self,
         grant: Grant,
         obtained_at: Instant,
-    ) -> Result<(Arc<Token>, Option<Secret>), TokenError> {
+    ) -> Result<(Arc<Token>, NextRefresh), TokenError> {
         let header = bearer(grant.access_token.expose()).ok_or(InvalidResponse::NotHeaderSafe)?;
         let lifetime = grant.lifetime.unwrap_or(self.policy.token_lifetime);
-        let (expires_at, refresh_at) = schedule::plan(
+        let plan = schedule::plan(
             obtained_at,
             lifetime,
             self.policy.refresh_before,
             fastrand::f64(),
         );
+        if plan.lead_capped && self.policy.refresh_before.is_some() {
+            let upstream = &*self.credentials.load().key.upstream;
+            tracing::warn!(
+                upstream,
+                lifetime = seconds(lifetime),
+                "refresh_before is not shorter than half the token lifetime; refreshing at half-life instead"
+            );
+        }
+        let (expires_at, refresh_at) = (plan.expires_at, plan.refresh_at);
         let token = Token {
             header,
             obtained_at,
             expires_at,
             refresh_at,
         };
-        Ok((Arc::new(token), grant.refresh_token))
+        let next = match (grant.refresh_token, grant.via_refresh) {
+            (Some(r), _) => NextRefresh::Replace(r),
+            (None, true) => NextRefresh::Keep,
+            (None, false) => NextRefresh::Clear,
+        };
+        Ok((Arc::new(token), next))
     }
 
     fn fail_fast(&self, fingerprint: u64) -> Result<(), TokenError> {
@@ -578,6 +615,15 @@ impl TokenSource {
     }
 }
 
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Whole seconds, for log fields.
 fn seconds(d: Duration) -> u64 {
     d.as_secs()
@@ -587,7 +633,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn outcome(result: &Result<(Arc<Token>, Option<Secret>), TokenError>) -> FetchOutcome {
+fn outcome(result: &Result<(Arc<Token>, NextRefresh), TokenError>) -> FetchOutcome {
     match result {
         Ok(_) => FetchOutcome::Success,
         Err(e) => error_outcome(e),
