@@ -115,6 +115,7 @@ fn status(admin: &Admin) -> Response<Full<Bytes>> {
         .map(|u| {
             let mut entry = serde_json::to_value(u.tokens.status()).unwrap_or_default();
             entry["name"] = u.name.to_string().into();
+            entry["listen"] = u.listen.to_string().into();
             entry["target"] = u.target_url().into();
             entry
         })

@@ -33,6 +33,8 @@ pub enum ProxyError {
     UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
     #[error("the upstream did not answer within {}", humantime::format_duration(*.0))]
     UpstreamTimeout(Duration),
+    #[error("this upstream was removed from the configuration; reconnect")]
+    Removed,
 }
 
 impl ProxyError {
@@ -48,6 +50,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(e) if timed_out(e) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Removed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(e) if timed_out(e) => "upstream_timeout",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::Removed => "upstream_removed",
         }
     }
 
@@ -81,6 +85,10 @@ impl ProxyError {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if matches!(self, ProxyError::Removed) {
+            // The listener is gone; this keep-alive connection should go too.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, ProxyError::Connect) {
             headers.insert(
                 ALLOW,

@@ -166,7 +166,7 @@ pub struct UpstreamMetrics {
     fetches: [Counter; 6],
     fetch_duration: AtomicHistogram,
     expiry: Gauge<f64, AtomicU64>,
-    replays: [Counter; 5],
+    replays: [Counter; 6],
     connections: Gauge,
 }
 
@@ -306,15 +306,18 @@ pub enum ReplayOutcome {
     TooSoon,
     /// Not replayed: no fresh token could be had.
     TokenUnavailable,
+    /// Not replayed: a `static` token has no successor.
+    NotRenewable,
 }
 
 impl ReplayOutcome {
-    const ALL: [ReplayOutcome; 5] = [
+    const ALL: [ReplayOutcome; 6] = [
         ReplayOutcome::Recovered,
         ReplayOutcome::RejectedAgain,
         ReplayOutcome::NotReplayable,
         ReplayOutcome::TooSoon,
         ReplayOutcome::TokenUnavailable,
+        ReplayOutcome::NotRenewable,
     ];
 
     fn label(self) -> &'static str {
@@ -324,6 +327,7 @@ impl ReplayOutcome {
             ReplayOutcome::NotReplayable => "not_replayable",
             ReplayOutcome::TooSoon => "too_soon",
             ReplayOutcome::TokenUnavailable => "token_unavailable",
+            ReplayOutcome::NotRenewable => "not_renewable",
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ use crate::token::{Reauth, Token, TokenSource};
 #[derive(Debug)]
 pub struct Upstream {
     pub name: Arc<str>,
+    /// The bound listen address (port 0 resolved).
+    pub listen: SocketAddr,
     target: Target,
     headers: HeaderMap,
     retry_on: Vec<StatusCode>,
@@ -40,6 +43,8 @@ pub struct Upstream {
     pub tokens: Arc<TokenSource>,
     client: HttpClient,
     pub metrics: UpstreamMetrics,
+    /// Set when a reload removes this upstream; connections still open get a 503 and close.
+    removed: AtomicBool,
 }
 
 impl Upstream {
@@ -57,6 +62,7 @@ impl Upstream {
             .chain([config.target.authority.clone()])
             .collect();
         Upstream {
+            listen: local,
             name: config.name.as_str().into(),
             target: config.target.clone(),
             headers: config.headers.clone(),
@@ -67,7 +73,13 @@ impl Upstream {
             tokens,
             client,
             metrics,
+            removed: AtomicBool::new(false),
         }
+    }
+
+    /// A reload removed this upstream.
+    pub fn remove(&self) {
+        self.removed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -138,6 +150,9 @@ fn request_id(headers: &mut HeaderMap) -> http::HeaderValue {
 
 /// The request path proper.
 async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, ProxyError> {
+    if up.removed.load(Ordering::Relaxed) {
+        return Err(ProxyError::Removed);
+    }
     let (mut parts, body) = request.into_parts();
     route(up, &parts)?;
     let uri = upstream_uri(&up.target, &parts.uri)?;
@@ -155,6 +170,11 @@ async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, P
     let Some(used) = token.filter(|_| needs_reauth(up, &first)) else {
         return Ok(respond(first, false));
     };
+    if !up.tokens.renews() {
+        // A static token has no successor: the rejection is the app's to see.
+        up.metrics.replay(ReplayOutcome::NotRenewable);
+        return Ok(respond(first, false));
+    }
     let Some(replay) = replay else {
         // Streamed bodies are gone: the 401 goes to the app, the token goes from the cache.
         up.tokens.reject(&used);

@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{self, Admin};
 use crate::client::{self, ClientError, HttpClient, Roots};
@@ -209,6 +209,9 @@ impl Sidecar {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let graceful = GracefulShutdown::new();
+        // Application connections, reaped as they finish: what is left when a drain runs out
+        // is what it cuts off.
+        let mut connections = JoinSet::new();
         let mut poll = tokio::time::interval(SECRET_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = std::pin::pin!(shutdown);
@@ -216,7 +219,8 @@ impl Sidecar {
         let mut refused_contents = None;
         loop {
             tokio::select! {
-                Some(conn) = accepted.recv() => serve(&builder, &graceful, conn),
+                Some(conn) = accepted.recv() => serve(&builder, &graceful, &mut connections, conn),
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 signal = reloads.recv(), if reloads_open => match signal {
                     Some(()) => self.reload("reload requested", &mut acceptors, &tx).await,
                     None => reloads_open = false,
@@ -237,12 +241,20 @@ impl Sidecar {
                 () = &mut shutdown => break,
             }
         }
-        // Stop accepting first: new connections are refused while old ones drain.
+        // Stop accepting first: new connections are refused while old ones drain. Those
+        // already accepted but not yet picked up are served like the rest.
+        // `abort` only schedules the cancellation: awaiting it closes every listener (and stops
+        // every hand-over) before "shutting down" is logged, so a client that saw the line is
+        // refused rather than left in a backlog that is about to be reset.
         for (_, acceptor) in acceptors {
             acceptor.abort();
+            let _ = acceptor.await;
         }
-        drop(accepted);
-        let open = graceful.count();
+        while let Ok(conn) = accepted.try_recv() {
+            serve(&builder, &graceful, &mut connections, conn);
+        }
+        while connections.try_join_next().is_some() {}
+        let open = connections.len();
         let grace = self.config.shutdown_grace;
         tracing::info!(open, grace = %humantime::format_duration(grace), "shutting down; draining connections");
         match tokio::time::timeout(grace, graceful.shutdown()).await {
@@ -251,11 +263,15 @@ impl Sidecar {
                 0
             }
             Err(_) => {
+                // Idle keep-alive connections closed at once; what remains was mid-request.
+                while connections.try_join_next().is_some() {}
+                let cut_off = connections.len();
+                connections.shutdown().await;
                 tracing::warn!(
-                    open,
+                    cut_off,
                     "grace period over; cutting off connections that are still busy"
                 );
-                open
+                cut_off
             }
         }
     }
@@ -356,7 +372,7 @@ impl Sidecar {
                             tx.clone(),
                         );
                         if let Some(old) = acceptors.insert(name, handle) {
-                            old.abort();
+                            close(old).await;
                         }
                     }
                     changed += 1;
@@ -391,10 +407,13 @@ impl Sidecar {
             .collect();
         for name in &removed {
             if let Some(slot) = self.slots.remove(name) {
-                slot.upstream.load().tokens.retire(None);
+                let last = slot.upstream.load();
+                last.tokens.retire(None);
+                // Its open keep-alive connections must not go on using removed credentials.
+                last.remove();
             }
             if let Some(acceptor) = acceptors.remove(name) {
-                acceptor.abort();
+                close(acceptor).await;
             }
             tracing::info!(
                 upstream = name.as_str(),
@@ -498,6 +517,13 @@ enum Target {
 
 type Accepted = (TcpStream, Target);
 
+/// Stops an acceptor and waits until its listener is closed, so that a reload that reports
+/// an upstream removed has really freed its port.
+async fn close(acceptor: JoinHandle<()>) {
+    acceptor.abort();
+    let _ = acceptor.await;
+}
+
 fn spawn_acceptor(
     listener: TcpListener,
     target: Target,
@@ -523,6 +549,7 @@ fn spawn_acceptor(
 fn serve(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
+    connections: &mut JoinSet<()>,
     (stream, target): Accepted,
 ) {
     let _ = stream.set_nodelay(true);
@@ -532,7 +559,7 @@ fn serve(
             let open = slot.load().metrics.connection();
             let service = service_fn(move |request| proxy::handle(slot.load_full(), request));
             let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "connection ended with an error");
                 }

@@ -319,9 +319,8 @@ async fn a_requested_reload_applies_the_file_and_fails_no_request() {
     applied(&mut ops, 1).await;
 
     // A new upstream appears on its own listener, then goes again.
-    let port = free_port();
     let second = format!(
-        "[[upstream]]\nname = \"second\"\nlisten = \"127.0.0.1:{port}\"\ntarget = \"{}\"\n[upstream.auth]\nflow = \"none\"\n",
+        "[[upstream]]\nname = \"second\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\n[upstream.auth]\nflow = \"none\"\n",
         s.base_url()
     );
     replace(
@@ -333,7 +332,18 @@ async fn a_requested_reload_applies_the_file_and_fails_no_request() {
     );
     ops.reload.send(()).await.unwrap();
     applied(&mut ops, 2).await;
-    let via_second = http
+    // Port 0 was asked for: /status tells which one it got.
+    let status = http.get(&format!("{}/status", ops.admin)).await.json();
+    let listen = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "second")
+        .map(|u| u["listen"].as_str().unwrap().to_owned())
+        .unwrap();
+    let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let kept_alive = Http::default();
+    let via_second = kept_alive
         .get(&format!("http://127.0.0.1:{port}/v1/second"))
         .await;
     assert_eq!(via_second.status, 401, "flow none: the API sees no token");
@@ -367,6 +377,13 @@ async fn a_requested_reload_applies_the_file_and_fails_no_request() {
             .is_err(),
         "the removed upstream's listener is closed"
     );
+    // A connection opened before the removal is told so, and closed.
+    let removed = kept_alive
+        .get(&format!("http://127.0.0.1:{port}/v1/second"))
+        .await;
+    assert_eq!(removed.status, 503, "{}", removed.text());
+    assert_eq!(removed.json()["error"], "upstream_removed");
+    assert_eq!(removed.headers["connection"], "close");
 
     stop_load.send(true).unwrap();
     let statuses = load.await.unwrap();
@@ -444,10 +461,36 @@ async fn a_kubernetes_symlink_swap_rotates_the_secret_for_the_next_token() {
     assert_eq!(after.token.as_deref(), Some(issued[1].as_str()));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_runs_out_reports_only_the_busy_connections() {
+    let s = standin(Api::NuvyNexus).await;
+    let toml = upstream_toml("api", &s, "", "")
+        .replace("[[upstream]]", "shutdown_grace = \"300ms\"\n\n[[upstream]]");
+    let config = Config::from_toml(&toml).unwrap();
+    let sidecar = Sidecar::bind(&config).await.unwrap();
+    let app = format!("http://{}", sidecar.local_addr("api").unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(sidecar.run(async {
+        let _ = stopped.await;
+    }));
+    // Three idle keep-alive connections and one request the upstream never answers.
+    let idle: Vec<Http> = (0..3).map(|_| Http::default()).collect();
+    for http in &idle {
+        assert_eq!(http.get(&format!("{app}/v1/x")).await.status, 200);
+    }
+    let slow = tokio::spawn({
+        let url = format!("{app}/slow");
+        async move { Http::default().try_get(&url).await }
+    });
+    s.wait_api_requests(4).await;
+    let _ = stop.send(());
+    let cut_off = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .unwrap();
+    assert_eq!(
+        cut_off, 1,
+        "the idle connections closed; only the slow request was cut"
+    );
+    assert!(slow.await.unwrap().is_err(), "the slow request was cut off");
 }

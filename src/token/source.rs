@@ -258,6 +258,11 @@ impl TokenSource {
         self.cache.cache.invalidate(key);
     }
 
+    /// Whether a rejected token can be replaced (`static` cannot).
+    pub fn renews(&self) -> bool {
+        self.credentials.load().fixed.is_none()
+    }
+
     /// Whether requests get a token at all (`flow = "none"` does not).
     pub fn authenticates(&self) -> bool {
         !matches!(self.credentials.load().flow, Flow::None)

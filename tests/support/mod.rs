@@ -175,6 +175,19 @@ impl Http {
         self.request(request.body(Full::new(body)).unwrap()).await
     }
 
+    /// A GET whose connection may be cut: the error instead of a panic.
+    pub async fn try_get(
+        &self,
+        url: &str,
+    ) -> Result<StatusCode, hyper_util::client::legacy::Error> {
+        let request = Request::builder()
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await?;
+        Ok(response.status())
+    }
+
     pub async fn request(&self, request: Request<Full<Bytes>>) -> Reply {
         let response = self.client.request(request).await.unwrap();
         let (parts, body) = response.into_parts();
