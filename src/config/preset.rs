@@ -152,10 +152,10 @@ pub fn fill(
         auth.auth_url = defaults.auth_url.map(spanned);
     }
     if auth.client_auth.is_none() {
-        auth.client_auth = defaults.client_auth;
+        auth.client_auth = defaults.client_auth.map(|c| Spanned::new(at.clone(), c));
     }
     if auth.scope.is_none() {
-        auth.scope = defaults.scope.map(String::from);
+        auth.scope = defaults.scope.map(|s| spanned(s.into()));
     }
 }
 
@@ -209,13 +209,16 @@ mod tests {
     fn explicit_values_win() {
         let mut target = Some(Spanned::new(0..1, "https://mine".to_string()));
         let mut auth = RawAuth {
-            scope: Some("mine".into()),
+            scope: Some(Spanned::new(0..1, "mine".into())),
             ..RawAuth::default()
         };
         let d = Preset::Quantoz.defaults(Some("test"), None).unwrap();
         fill(d, &mut target, &mut auth, 0..1);
         assert_eq!(target.unwrap().into_inner(), "https://mine");
-        assert_eq!(auth.scope.as_deref(), Some("mine"));
-        assert_eq!(auth.client_auth, Some(ClientAuth::Body));
+        assert_eq!(auth.scope.map(Spanned::into_inner).as_deref(), Some("mine"));
+        assert_eq!(
+            auth.client_auth.map(Spanned::into_inner),
+            Some(ClientAuth::Body)
+        );
     }
 }

@@ -312,3 +312,21 @@ fn zero_timeouts_unusable_ca_files_and_unsendable_static_tokens_are_refused() {
     assert!(e.contains("cannot carry"), "{e}");
     assert!(!e.contains("bad"), "the token itself is not repeated: {e}");
 }
+
+#[test]
+fn problems_point_at_the_line_of_the_key() {
+    let text = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\nretry_on = [200]\nheaders = { host = \"h\" }\n[upstream.auth]\nflow = \"client_credentials\"\ntoken_url = \"https://x/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\nscope = \"a\"\nusername = \"u\"\n";
+    let ConfigError::Invalid(problems) = load(text).unwrap_err() else {
+        panic!("expected validation problems")
+    };
+    let line = |key: &str| {
+        problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem for {key}: {problems:#?}"))
+            .line
+    };
+    assert_eq!(line("upstream.a.retry_on"), 5);
+    assert_eq!(line("upstream.a.headers"), 6);
+    assert_eq!(line("upstream.a.auth.username"), 13);
+}

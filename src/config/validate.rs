@@ -157,11 +157,17 @@ impl Validator<'_> {
                 None
             }
         };
-        let headers = self.headers(line, &key("headers"), &raw.headers);
-        let retry_on = self.retry_on(line, &key("retry_on"), raw.retry_on);
+        let headers = match &raw.headers {
+            Some(h) => self.headers(self.line(&h.span()), &key("headers"), h.get_ref()),
+            None => HeaderMap::new(),
+        };
+        let retry_on = match raw.retry_on {
+            Some(r) => self.retry_on(self.line(&r.span()), &key("retry_on"), Some(r.into_inner())),
+            None => self.retry_on(line, &key("retry_on"), None),
+        };
         if let Some(ca) = &raw.ca_file {
-            if let Err(msg) = check_ca_file(ca) {
-                self.problem(line, &key("ca_file"), msg);
+            if let Err(msg) = check_ca_file(ca.get_ref()) {
+                self.spanned_problem(ca, &key("ca_file"), msg);
             }
         }
         for (name, d) in [
@@ -183,7 +189,7 @@ impl Validator<'_> {
             max_replay_body: raw.max_replay_body.map_or(DEFAULT_MAX_REPLAY_BODY, |s| s.0),
             connect_timeout: raw.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
             request_timeout: raw.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0),
-            ca_file: raw.ca_file,
+            ca_file: raw.ca_file.map(Spanned::into_inner),
             auth: auth?,
         })
     }
@@ -329,8 +335,11 @@ impl Validator<'_> {
                 Flow::ClientCredentials(ClientCredentials {
                     token_url: token_url?,
                     client: client??,
-                    scope: raw.scope,
-                    extra_params: raw.extra_params.unwrap_or_default().into_iter().collect(),
+                    scope: raw.scope.map(Spanned::into_inner),
+                    extra_params: raw
+                        .extra_params
+                        .map(|e| e.into_inner().into_iter().collect())
+                        .unwrap_or_default(),
                 })
             }
             FlowKind::Password => {
@@ -358,8 +367,11 @@ impl Validator<'_> {
                     password: password?,
                     totp_secret,
                     client: client?,
-                    scope: raw.scope,
-                    extra_params: raw.extra_params.unwrap_or_default().into_iter().collect(),
+                    scope: raw.scope.map(Spanned::into_inner),
+                    extra_params: raw
+                        .extra_params
+                        .map(|e| e.into_inner().into_iter().collect())
+                        .unwrap_or_default(),
                 })
             }
             FlowKind::Nexushub => {
@@ -466,57 +478,46 @@ impl FlowFields<'_, '_> {
         Some(Some(Client {
             id: id?,
             secret: secret?,
-            auth: raw.client_auth.unwrap_or_default(),
+            auth: raw
+                .client_auth
+                .as_ref()
+                .map(|c| *c.get_ref())
+                .unwrap_or_default(),
         }))
     }
 
     fn forbid_others(&mut self, raw: &RawAuth) {
         use FlowKind::*;
-        let present: [(&str, bool, &[FlowKind]); 13] = [
-            (
-                "token_url",
-                raw.token_url.is_some(),
-                &[ClientCredentials, Password],
-            ),
-            (
-                "client_id",
-                raw.client_id.is_some(),
-                &[ClientCredentials, Password],
-            ),
-            (
-                "client_secret",
-                raw.client_secret.is_some(),
-                &[ClientCredentials, Password],
-            ),
-            (
-                "client_auth",
-                raw.client_auth.is_some(),
-                &[ClientCredentials, Password],
-            ),
-            ("scope", raw.scope.is_some(), &[ClientCredentials, Password]),
-            (
-                "extra_params",
-                raw.extra_params.is_some(),
-                &[ClientCredentials, Password],
-            ),
-            ("username", raw.username.is_some(), &[Password]),
-            ("password", raw.password.is_some(), &[Password]),
-            ("totp_secret", raw.totp_secret.is_some(), &[Password]),
-            ("auth_url", raw.auth_url.is_some(), &[Nexushub]),
-            ("user_key", raw.user_key.is_some(), &[Nexushub]),
-            ("user_secret", raw.user_secret.is_some(), &[Nexushub]),
-            ("token", raw.token.is_some(), &[Static]),
+        fn at<T>(field: &Option<Spanned<T>>) -> Option<Range<usize>> {
+            field.as_ref().map(Spanned::span)
+        }
+        const TOKEN_ENDPOINT: &[FlowKind] = &[ClientCredentials, Password];
+        let present: [(&str, Option<Range<usize>>, &[FlowKind]); 13] = [
+            ("token_url", at(&raw.token_url), TOKEN_ENDPOINT),
+            ("client_id", at(&raw.client_id), TOKEN_ENDPOINT),
+            ("client_secret", at(&raw.client_secret), TOKEN_ENDPOINT),
+            ("client_auth", at(&raw.client_auth), TOKEN_ENDPOINT),
+            ("scope", at(&raw.scope), TOKEN_ENDPOINT),
+            ("extra_params", at(&raw.extra_params), TOKEN_ENDPOINT),
+            ("username", at(&raw.username), &[Password]),
+            ("password", at(&raw.password), &[Password]),
+            ("totp_secret", at(&raw.totp_secret), &[Password]),
+            ("auth_url", at(&raw.auth_url), &[Nexushub]),
+            ("user_key", at(&raw.user_key), &[Nexushub]),
+            ("user_secret", at(&raw.user_secret), &[Nexushub]),
+            ("token", at(&raw.token), &[Static]),
         ];
-        for (field, is_set, flows) in present {
-            if is_set && !flows.contains(&self.kind) {
+        for (field, span, flows) in present {
+            let Some(span) = span else { continue };
+            if !flows.contains(&self.kind) {
                 let users: Vec<&str> = flows.iter().map(|f| f.name()).collect();
                 let msg = format!(
                     "does not belong to flow `{}`; it is used by: {}",
                     self.kind.name(),
                     users.join(", ")
                 );
-                self.v
-                    .problem(self.line, &format!("{}.{field}", self.key), msg);
+                let line = self.v.line(&span);
+                self.v.problem(line, &format!("{}.{field}", self.key), msg);
                 self.ok = false;
             }
         }
