@@ -492,7 +492,9 @@ impl FlowFields<'_, '_> {
             field.as_ref().map(Spanned::span)
         }
         const TOKEN_ENDPOINT: &[FlowKind] = &[ClientCredentials, Password];
-        let present: [(&str, Option<Range<usize>>, &[FlowKind]); 13] = [
+        /// A field's name, where it is written (if it is), and the flows it belongs to.
+        type Field = (&'static str, Option<Range<usize>>, &'static [FlowKind]);
+        let present: [Field; 13] = [
             ("token_url", at(&raw.token_url), TOKEN_ENDPOINT),
             ("client_id", at(&raw.client_id), TOKEN_ENDPOINT),
             ("client_secret", at(&raw.client_secret), TOKEN_ENDPOINT),
