@@ -151,20 +151,26 @@ async fn run(path: &Path) -> ExitCode {
 }
 
 /// One message per SIGHUP: reload the configuration file and every secret.
+///
+/// The handler is installed here, before `listening` is logged: a SIGHUP sent after that line
+/// must not meet the default action (termination).
 fn hangups() -> tokio::sync::mpsc::Receiver<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload on secret-file changes only");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            // A reload already queued covers this one too.
-            let _ = tx.try_send(());
-        }
-    });
+        let hup = signal(SignalKind::hangup());
+        tokio::spawn(async move {
+            let Ok(mut hup) = hup else {
+                tracing::warn!("cannot listen for SIGHUP; reload on secret-file changes only");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                // A reload already queued covers this one too.
+                let _ = tx.try_send(());
+            }
+        });
+    }
     #[cfg(not(unix))]
     drop(tx);
     rx
@@ -230,8 +236,11 @@ fn exit<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
 /// `RUST_LOG` wins over the configured level, as operators expect.
 fn init_logging(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour codes only for a terminal: piped to a collector they are noise in every line.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -239,24 +248,34 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not
+/// when the future is first polled: a signal sent once `listening` is logged must be drained
+/// on, not meet the default action (termination without a drain, and not exit 0).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        async fn recv(s: std::io::Result<Signal>) {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+        let (term, int) = (
+            recv(signal(SignalKind::terminate())),
+            recv(signal(SignalKind::interrupt())),
+        );
+        async move {
+            tokio::select! {
+                () = term => {}
+                () = int => {}
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
