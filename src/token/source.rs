@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use moka::ops::compute::Op;
 use moka::Expiry;
 use tokio::time::Instant;
@@ -197,7 +196,8 @@ pub struct TokenSource {
     client: HttpClient,
     metrics: UpstreamMetrics,
     policy: Policy,
-    credentials: ArcSwap<Credentials>,
+    /// Fixed for the life of this source: a reload that changes them builds a new source.
+    credentials: Credentials,
     fetch: tokio::sync::Mutex<FetchState>,
     health: Mutex<Health>,
     refreshing: AtomicBool,
@@ -210,8 +210,8 @@ pub struct TokenSource {
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSource")
-            .field("upstream", &self.credentials.load().key.upstream)
-            .field("flow", &self.credentials.load().flow.kind())
+            .field("upstream", &self.credentials.key.upstream)
+            .field("flow", &self.credentials.flow.kind())
             .finish()
     }
 }
@@ -231,7 +231,7 @@ impl TokenSource {
             client,
             metrics,
             policy: Policy::of(auth),
-            credentials: ArcSwap::from_pointee(credentials),
+            credentials,
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             health: Mutex::new(Health::default()),
             refreshing: AtomicBool::new(false),
@@ -243,7 +243,7 @@ impl TokenSource {
     /// Whether `auth` would obtain exactly the tokens this source obtains, under the same
     /// timing rules: a reload may then keep this source, its backoff and its refresh token.
     pub fn serves(&self, auth: &AuthConfig) -> bool {
-        let current = self.credentials.load();
+        let current = &self.credentials;
         self.policy == Policy::of(auth)
             && current.key.fingerprint == fingerprint(&auth.flow, &self.cache.hasher)
     }
@@ -251,8 +251,8 @@ impl TokenSource {
     /// This source is being replaced (reload): drop its token from the cache unless
     /// `successor` would use the very same one (only a timing rule changed).
     pub fn retire(&self, successor: Option<&TokenSource>) {
-        let key = &self.credentials.load().key;
-        if successor.is_some_and(|s| s.credentials.load().key == *key) {
+        let key = &self.credentials.key;
+        if successor.is_some_and(|s| s.credentials.key == *key) {
             return;
         }
         self.cache.cache.invalidate(key);
@@ -260,18 +260,18 @@ impl TokenSource {
 
     /// Whether a rejected token can be replaced (`static` cannot).
     pub fn renews(&self) -> bool {
-        self.credentials.load().fixed.is_none()
+        self.credentials.fixed.is_none()
     }
 
     /// Whether requests get a token at all (`flow = "none"` does not).
     pub fn authenticates(&self) -> bool {
-        !matches!(self.credentials.load().flow, Flow::None)
+        !matches!(self.credentials.flow, Flow::None)
     }
 
     /// The token to send now; `None` for `flow = "none"`. Waits for the token endpoint only
     /// when no live token exists.
     pub async fn token(self: &Arc<Self>) -> Result<Option<Arc<Token>>, TokenError> {
-        let credentials = self.credentials.load();
+        let credentials = &self.credentials;
         if matches!(credentials.flow, Flow::None) {
             return Ok(None);
         }
@@ -287,7 +287,6 @@ impl TokenSource {
                 return Ok(Some(token));
             }
         }
-        drop(credentials);
         self.fetch(None).await.map(Some)
     }
 
@@ -296,7 +295,7 @@ impl TokenSource {
     pub async fn reauthorize(self: &Arc<Self>, used: &Arc<Token>) -> Result<Reauth, TokenError> {
         if !self.reject(used) {
             // Too young to replace: replay only if someone already has a newer token.
-            let credentials = self.credentials.load();
+            let credentials = &self.credentials;
             return Ok(match self.cache.cache.get(&credentials.key) {
                 Some(t) if !Arc::ptr_eq(&t, used) && t.is_live(Instant::now()) => Reauth::Replay(t),
                 _ => Reauth::PassThrough,
@@ -308,7 +307,7 @@ impl TokenSource {
     /// Drops `used` from the cache if it is still the current token and old enough to be
     /// replaced (`min_refresh_interval`). Returns whether a new token may be requested.
     pub fn reject(&self, used: &Arc<Token>) -> bool {
-        let credentials = self.credentials.load();
+        let credentials = &self.credentials;
         if credentials.fixed.is_some() {
             return false;
         }
@@ -332,9 +331,9 @@ impl TokenSource {
         if let Some(token) = self.live_except(rejected) {
             return Ok(token);
         }
-        self.fail_fast(self.credentials.load().key.fingerprint)?;
+        self.fail_fast(self.credentials.key.fingerprint)?;
         let mut state = self.fetch.lock().await;
-        let credentials = self.credentials.load_full();
+        let credentials = &self.credentials;
         if let Some(token) = self.live_except(rejected) {
             return Ok(token);
         }
@@ -347,12 +346,12 @@ impl TokenSource {
             Some(_) => Trigger::Rejected,
             None => Trigger::Demand,
         };
-        self.request(&credentials, &mut state, trigger).await
+        self.request(credentials, &mut state, trigger).await
     }
 
     /// The cached live token, unless it is `rejected`.
     fn live_except(&self, rejected: Option<&Arc<Token>>) -> Option<Arc<Token>> {
-        let token = self.cache.cache.get(&self.credentials.load().key)?;
+        let token = self.cache.cache.get(&self.credentials.key)?;
         let refused = rejected.is_some_and(|r| Arc::ptr_eq(r, &token));
         (token.is_live(Instant::now()) && !refused).then_some(token)
     }
@@ -376,7 +375,7 @@ impl TokenSource {
 
     async fn refresh_ahead(&self, seen: &Arc<Token>) {
         let mut state = self.fetch.lock().await;
-        let credentials = self.credentials.load_full();
+        let credentials = &self.credentials;
         let now = Instant::now();
         if let Some(token) = self.cache.cache.get(&credentials.key) {
             if !Arc::ptr_eq(&token, seen) && token.is_live(now) && token.refresh_at > now {
@@ -502,7 +501,7 @@ impl TokenSource {
 
     /// A snapshot for `/status` and `/readyz`.
     pub fn status(&self) -> TokenStatus {
-        let credentials = self.credentials.load();
+        let credentials = &self.credentials;
         let flow = credentials.flow.kind();
         let endpoint = credentials.flow.token_endpoint().map(ToString::to_string);
         match &credentials.flow {
@@ -564,7 +563,7 @@ impl TokenSource {
             fastrand::f64(),
         );
         if plan.lead_capped && self.policy.refresh_before.is_some() {
-            let upstream = &*self.credentials.load().key.upstream;
+            let upstream = &*self.credentials.key.upstream;
             tracing::warn!(
                 upstream,
                 lifetime = seconds(lifetime),
