@@ -395,7 +395,7 @@ impl TokenSource {
         }
         // The outcome is recorded (and logged) by `request`; requests keep the live token.
         let _ = self
-            .request(&credentials, &mut state, Trigger::RefreshAhead)
+            .request(credentials, &mut state, Trigger::RefreshAhead)
             .await;
     }
 
