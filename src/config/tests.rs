@@ -330,3 +330,10 @@ fn problems_point_at_the_line_of_the_key() {
     assert_eq!(line("upstream.a.headers"), 6);
     assert_eq!(line("upstream.a.auth.username"), 13);
 }
+
+#[test]
+fn static_header_values_stay_out_of_debug_output() {
+    let c = load("[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\nheaders = { x-api-key = \"key-S3CRET\" }\n[upstream.auth]\nflow = \"none\"\n").unwrap();
+    assert_eq!(c.upstreams[0].headers["x-api-key"], "key-S3CRET");
+    assert!(!format!("{c:?}").contains("key-S3CRET"));
+}

@@ -269,8 +269,11 @@ impl Validator<'_> {
                         "`{n}` is managed by the sidecar and cannot be set here"
                     ));
                 }
-                let v = HeaderValue::from_str(value)
+                let mut v = HeaderValue::from_str(value)
                     .map_err(|_| format!("the value of `{name}` is not a valid header value"))?;
+                // Static headers sometimes carry API keys: keep them out of Debug output and
+                // out of HPACK's index.
+                v.set_sensitive(true);
                 Ok((n, v))
             })();
             match parsed {

@@ -1,0 +1,136 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+/// Every flow, a preset, each kind of secret, non-default timings and odd header names.
+fn sample() -> String {
+    let dir = std::env::temp_dir().join(format!("nexus-show-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let totp = dir.join("totp");
+    std::fs::write(&totp, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n").unwrap();
+    format!(
+        r#"shutdown_grace = "90s"
+[admin]
+listen = "9901"
+[log]
+level = "nexus_sidecar=debug,hyper=info"
+format = "json"
+
+[[upstream]]
+name = "nuvy"
+preset = "nuvy-nexus"
+environment = "qa"
+listen = "8081"
+headers = {{ request_iso8601 = "true", "x.odd!" = "a \"quoted\" value" }}
+retry_on = [401, 403]
+max_replay_body = "64KiB"
+  [upstream.auth]
+  client_id = {{ env = "PATH" }}
+  client_secret = "LITERAL-VALUE-1"
+  extra_params = {{ audience = "https://api.example" }}
+  refresh_before = "90s"
+
+[[upstream]]
+name = "quantoz"
+preset = "quantoz"
+environment = "test"
+listen = "[::1]:8083"
+max_replay_body = "1000B"
+  [upstream.auth]
+  client_id = {{ file = "{file}" }}
+  client_secret = {{ file = "{file}" }}
+  timeout = "1500ms"
+
+[[upstream]]
+name = "nexudus"
+preset = "nexudus"
+target = "http://127.0.0.1:9/base/"
+listen = "8084"
+  [upstream.auth]
+  username = {{ env = "PATH" }}
+  password = "LITERAL-VALUE-2"
+  totp_secret = {{ file = "{totp}" }}
+  token_lifetime = "1h 30m"
+
+[[upstream]]
+name = "hub"
+preset = "nexushub"
+target = "https://api.nexushub.co"
+listen = "8085"
+  [upstream.auth]
+  user_key = {{ env = "PATH" }}
+  user_secret = {{ env = "PATH" }}
+
+[[upstream]]
+name = "static"
+listen = "8086"
+target = "https://internal.example/v2"
+  [upstream.auth]
+  flow = "static"
+  token = "LITERAL-VALUE-3"
+
+[[upstream]]
+name = "public"
+listen = "8087"
+target = "https://public.example"
+  [upstream.auth]
+  flow = "none"
+"#,
+        file = file.display(),
+        totp = totp.display(),
+    )
+}
+
+#[test]
+fn the_effective_configuration_loads_again_into_the_same_upstreams() {
+    let first = Config::from_toml(&sample()).unwrap();
+    let printed = first.to_toml();
+    let second = Config::from_toml(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    // Debug prints every setting, with secrets as their sources (literals masked).
+    assert_eq!(
+        format!("{:?}", first.upstreams),
+        format!("{:?}", second.upstreams)
+    );
+    assert_eq!(format!("{:?}", first.log), format!("{:?}", second.log));
+    assert_eq!(first.shutdown_grace, second.shutdown_grace);
+    assert_eq!(
+        first.admin.as_ref().map(|a| a.listen),
+        second.admin.as_ref().map(|a| a.listen)
+    );
+    // Printing is stable: the second round prints the same text.
+    assert_eq!(printed, second.to_toml());
+}
+
+#[test]
+fn presets_are_expanded_defaults_filled_and_secrets_shown_by_source() {
+    let printed = Config::from_toml(&sample()).unwrap().to_toml();
+    for expected in [
+        "target = \"https://qa.api.nuvy.ai\"",
+        "token_url = \"https://qa.api.nuvy.ai/nexus/oauth2/token\"",
+        "token_url = \"https://testidentity.quantoz.com/connect/token\"",
+        "token_url = \"http://127.0.0.1:9/base/api/token\"",
+        "auth_url = \"https://auth.nexushub.co/\"",
+        "client_auth = \"body\"",
+        "scope = \"api1\"",
+        "client_id = { env = \"PATH\" }",
+        "client_secret = \"***\"",
+        "connect_timeout = \"5s\"",
+        "request_timeout = \"1m\"",
+        "max_replay_body = \"1MiB\"",
+        "max_replay_body = \"64KiB\"",
+        "max_replay_body = \"1000B\"",
+        "token_lifetime = \"1h 30m\"",
+        "timeout = \"1s 500ms\"",
+        "retry_on = [401, 403]",
+        "listen = \"[::1]:8083\"",
+        "# refresh_before: ",
+    ] {
+        assert!(printed.contains(expected), "{expected}\n---\n{printed}");
+    }
+    assert!(printed.contains("client_id = { file = \""), "{printed}");
+    for value in ["LITERAL-VALUE", "from-file", "GEZDGNBVGY3TQOJQ"] {
+        assert!(!printed.contains(value), "{value} leaked:\n{printed}");
+    }
+}
