@@ -150,6 +150,35 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of upstream `name` (a reload removed it), so `/metrics` does not go on
+    /// showing its last values as if they were current.
+    pub fn forget(&self, name: &str) {
+        let upstream = name.to_owned();
+        for status in StatusClass::ALL.map(StatusClass::label) {
+            self.requests.remove(&StatusLabels {
+                upstream: upstream.clone(),
+                status,
+            });
+        }
+        for outcome in FetchOutcome::ALL.map(FetchOutcome::label) {
+            self.token_fetches.remove(&OutcomeLabels {
+                upstream: upstream.clone(),
+                outcome,
+            });
+        }
+        for outcome in ReplayOutcome::ALL.map(ReplayOutcome::label) {
+            self.replays.remove(&OutcomeLabels {
+                upstream: upstream.clone(),
+                outcome,
+            });
+        }
+        let label = UpstreamLabel { upstream };
+        self.request_duration.remove(&label);
+        self.token_fetch_duration.remove(&label);
+        self.token_expiry.remove(&label);
+        self.connections.remove(&label);
+    }
+
     /// The Prometheus text exposition of everything.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
@@ -427,6 +456,8 @@ mod tests {
         drop(guard);
         let text = metrics.encode().unwrap();
         assert!(text.contains(r#"nexus_sidecar_open_connections{upstream="nuvy"} 0"#));
+        metrics.forget("nuvy");
+        assert!(!metrics.encode().unwrap().contains(r#"upstream="nuvy""#));
     }
 
     #[test]

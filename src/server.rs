@@ -411,6 +411,7 @@ impl Sidecar {
                 last.tokens.retire(None);
                 // Its open keep-alive connections must not go on using removed credentials.
                 last.remove();
+                self.metrics.forget(name);
             }
             if let Some(acceptor) = acceptors.remove(name) {
                 close(acceptor).await;
