@@ -1,7 +1,8 @@
 //! Tokens: obtaining them, keeping them fresh, and telling the proxy which one to use.
 //!
-//! - `source`: one [`TokenSource`] per upstream over the shared moka [`TokenCache`] — single
-//!   flight, refresh ahead, compare-and-invalidate on 401, rate limit and backoff.
+//! - `cache`: the shared moka [`TokenCache`], its keys and the credential fingerprint.
+//! - `source`: one [`TokenSource`] per upstream over that cache — single flight, refresh
+//!   ahead, compare-and-invalidate on 401, rate limit and backoff.
 //! - `flow`: the token requests of each flow (OAuth2 forms, NexusHub JSON).
 //! - `response`: lenient, bounded parsing of what token endpoints answer.
 //! - `schedule`: the pure arithmetic of expiry, refresh time and backoff.
@@ -10,6 +11,7 @@
 //!
 //! This module knows nothing about the request being proxied; it hands out [`Token`]s.
 
+mod cache;
 mod flow;
 mod response;
 mod schedule;
@@ -24,8 +26,9 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+pub use cache::TokenCache;
 pub use schedule::MAX_DEFAULT_REFRESH_BEFORE;
-pub use source::{Reauth, TokenCache, TokenSource};
+pub use source::{Reauth, TokenSource};
 pub use status::{LastFetch, TokenState, TokenStatus};
 
 /// An access token as the proxy uses it: the ready-made header and when it stops being good.

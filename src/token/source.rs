@@ -14,15 +14,15 @@
 //! Tokens are keyed by upstream *and* credential fingerprint: a rotated secret, token URL or
 //! scope makes a new key, so a token never outlives the credentials that obtained it.
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use moka::ops::compute::Op;
-use moka::Expiry;
 use tokio::time::Instant;
 
+use super::cache::{fingerprint, TokenCache, TokenKey};
 use super::flow::{self, Endpoint};
 use super::response::Grant;
 use super::status::{self, LastFetch, TokenState, TokenStatus};
@@ -32,76 +32,6 @@ use crate::config::{AuthConfig, Flow};
 use crate::headers::bearer;
 use crate::metrics::{FetchOutcome, UpstreamMetrics};
 use crate::secret::Secret;
-
-/// How long a token stays in the cache past the instant it stops being used; only a memory
-/// bound, since every read checks liveness itself.
-const CACHE_GRACE: Duration = Duration::from_secs(60);
-/// Upper bound on cached tokens (one live key per upstream, plus retired fingerprints).
-const CACHE_CAPACITY: u64 = 10_000;
-
-/// The process-wide token cache shared by every upstream. Cheap to clone.
-#[derive(Clone)]
-pub struct TokenCache {
-    cache: moka::sync::Cache<TokenKey, Arc<Token>>,
-    /// Randomly keyed per process, so fingerprints reveal nothing outside it.
-    hasher: RandomState,
-}
-
-impl std::fmt::Debug for TokenCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache")
-            .field("entries", &self.cache.entry_count())
-            .finish()
-    }
-}
-
-impl Default for TokenCache {
-    fn default() -> Self {
-        TokenCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(CACHE_CAPACITY)
-                .expire_after(UntilRetired)
-                .build(),
-            hasher: RandomState::new(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct TokenKey {
-    upstream: Arc<str>,
-    fingerprint: u64,
-}
-
-/// Evicts a token [`CACHE_GRACE`] after it stops being used.
-struct UntilRetired;
-
-impl UntilRetired {
-    fn ttl(token: &Token) -> Duration {
-        token.expires_at.saturating_duration_since(Instant::now()) + CACHE_GRACE
-    }
-}
-
-impl Expiry<TokenKey, Arc<Token>> for UntilRetired {
-    fn expire_after_create(
-        &self,
-        _: &TokenKey,
-        token: &Arc<Token>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Self::ttl(token))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &TokenKey,
-        token: &Arc<Token>,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(Self::ttl(token))
-    }
-}
 
 /// What to do after the upstream rejected a token.
 #[derive(Debug)]
@@ -696,46 +626,4 @@ impl Credentials {
             fixed,
         })
     }
-}
-
-/// A hash of everything that decides which token the endpoint hands out: flow, endpoint,
-/// every credential, scope and extra parameters.
-fn fingerprint(flow: &Flow, hasher: &RandomState) -> u64 {
-    let mut h = hasher.build_hasher();
-    flow.kind().name().hash(&mut h);
-    match flow {
-        Flow::ClientCredentials(c) => {
-            c.token_url.hash(&mut h);
-            hash_client(&c.client, &mut h);
-            (&c.scope, &c.extra_params).hash(&mut h);
-        }
-        Flow::Password(p) => {
-            p.token_url.hash(&mut h);
-            for s in [&p.username, &p.password] {
-                s.value.expose().hash(&mut h);
-            }
-            p.totp_secret
-                .as_ref()
-                .map(|t| t.value.expose())
-                .hash(&mut h);
-            if let Some(c) = &p.client {
-                hash_client(c, &mut h);
-            }
-            (&p.scope, &p.extra_params).hash(&mut h);
-        }
-        Flow::NexusHub(n) => {
-            n.auth_url.hash(&mut h);
-            n.user_key.value.expose().hash(&mut h);
-            n.user_secret.value.expose().hash(&mut h);
-        }
-        Flow::Static(t) => t.value.expose().hash(&mut h),
-        Flow::None => {}
-    }
-    h.finish()
-}
-
-fn hash_client(c: &crate::config::Client, h: &mut impl Hasher) {
-    c.id.value.expose().hash(h);
-    c.secret.value.expose().hash(h);
-    (c.auth as u8).hash(h);
 }
