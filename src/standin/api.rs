@@ -14,7 +14,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::knobs::{lock, Shared};
+use super::knobs::{lock, Shared, SEEN_LIMIT};
 use super::server::Abort;
 use super::wire::{self, Body};
 use super::{Api, Seen};
@@ -61,15 +61,21 @@ pub(super) async fn serve(
         |pq| pq.as_str().to_string(),
     );
     let body_len = body.len();
-    lock(&shared.seen).push(Seen {
-        method: parts.method.clone(),
-        path_and_query: path_and_query.clone(),
-        headers: parts.headers.clone(),
-        token,
-        authorized,
-        body,
-        version: parts.version,
-    });
+    {
+        let mut seen = lock(&shared.seen);
+        if seen.len() >= SEEN_LIMIT {
+            seen.pop_front();
+        }
+        seen.push_back(Seen {
+            method: parts.method.clone(),
+            path_and_query: path_and_query.clone(),
+            headers: parts.headers.clone(),
+            token,
+            authorized,
+            body,
+            version: parts.version,
+        });
+    }
     shared.api_requests.send_modify(|n| *n += 1);
     if !authorized {
         return Ok(challenge(

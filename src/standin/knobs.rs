@@ -3,6 +3,7 @@
 //! is ever held across an `.await`.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
@@ -42,12 +43,17 @@ pub(super) struct Knobs {
 /// One hour: NexusHub's documented token life, and the default `exp` without `expires_in`.
 const DEFAULT_JWT_LIFETIME_SECS: u64 = 3600;
 
+/// How many requests the protected API remembers: enough for any test, and a bound for a
+/// demo left running under load.
+pub const SEEN_LIMIT: usize = 10_000;
+
 #[derive(Debug)]
 pub(super) struct Shared {
     pub api: Api,
     pub knobs: Mutex<Knobs>,
     pub tokens: Mutex<Registry>,
-    pub seen: Mutex<Vec<Seen>>,
+    /// The most recent requests, at most [`SEEN_LIMIT`] of them.
+    pub seen: Mutex<VecDeque<Seen>>,
     pub by_grant: Mutex<HashMap<String, usize>>,
     pub rate: Mutex<RateLimiter>,
     pub token_requests: watch::Sender<usize>,
@@ -72,7 +78,7 @@ impl Shared {
                 failure: None,
             }),
             tokens: Mutex::new(Registry::default()),
-            seen: Mutex::new(Vec::new()),
+            seen: Mutex::new(VecDeque::new()),
             by_grant: Mutex::new(HashMap::new()),
             rate: Mutex::new(RateLimiter::default()),
             token_requests: watch::Sender::new(0),
