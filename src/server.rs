@@ -247,8 +247,7 @@ impl Sidecar {
         // every hand-over) before "shutting down" is logged, so a client that saw the line is
         // refused rather than left in a backlog that is about to be reset.
         for (_, acceptor) in acceptors {
-            acceptor.abort();
-            let _ = acceptor.await;
+            close(acceptor).await;
         }
         while let Ok(conn) = accepted.try_recv() {
             serve(&builder, &graceful, &mut connections, conn);
