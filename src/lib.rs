@@ -10,7 +10,8 @@
 //!
 //! - [`config`]: the TOML file, presets and validation (nothing starts on an invalid one).
 //! - [`secret`]: secret values whose `Debug`/`Display` are masks, and where they come from.
-//! - [`server`]: listeners, HTTP/1.1 and h2c connections, graceful shutdown.
+//! - [`server`]: listeners, HTTP/1.1 and h2c connections, reload (SIGHUP, rotated secret
+//!   files), graceful shutdown.
 //! - [`proxy`]: the request path — route, prepare headers, authorize, send, re-authorize on
 //!   401 and replay once, respond.
 //! - [`headers`]: pure functions over header maps (hop-by-hop, `Authorization`, scope).

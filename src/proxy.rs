@@ -2,7 +2,7 @@
 //! resend once → respond.
 //!
 //! [`handle`] never fails: it logs once and turns a [`ProxyError`] into the JSON of §3.4.
-//! [`forward`] is the path itself, plain async code using `?`. Token policy lives in
+//! `forward` is the path itself, plain async code using `?`. Token policy lives in
 //! `token`, header rules in `headers`, body buffering in `body`; this module only decides
 //! the order of things.
 
