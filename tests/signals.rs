@@ -139,10 +139,18 @@ fn in_flight(addr: SocketAddr, path: &str) -> tokio::task::JoinHandle<Result<Rep
 
 // --- The binary. ----------------------------------------------------------------------------
 
-/// A port nothing listens on right now (bound, then released) for the sidecar's listener.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// The port in the `addr` of a `listening` line, text (`addr=127.0.0.1:P`) or JSON
+/// (`"addr":"127.0.0.1:P"`).
+fn bound_port(line: &str) -> u16 {
+    let at = line
+        .find("127.0.0.1:")
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    line[at + "127.0.0.1:".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no port in {line:?}"))
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -162,10 +170,10 @@ fn replace(path: &Path, content: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// One upstream "api" on `port` in front of `target`, with a static token. `token` is a TOML
+/// One upstream "api" on a port the OS picks, in front of `target`, with a static token.
+/// `token` is a TOML
 /// value; `upstream_extra` goes into `[[upstream]]`.
 fn config(
-    port: u16,
     target: SocketAddr,
     format: &str,
     grace: &str,
@@ -180,7 +188,7 @@ format = "{format}"
 
 [[upstream]]
 name = "api"
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 target = "http://{target}"
 {upstream_extra}
   [upstream.auth]
@@ -203,16 +211,17 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    /// Writes `config` (listening on `port`) and starts the binary on it with `RUST_LOG=info`;
-    /// returns once it logs `listening`.
-    async fn start(dir: PathBuf, port: u16, config: &str) -> Sidecar {
+    /// Writes `config` and starts the binary on it with `RUST_LOG=debug` (so every log scan
+    /// covers debug output too); returns once it logs `listening`, with the port it bound
+    /// (the config asks for port 0, so no other test can take it in between).
+    async fn start(dir: PathBuf, config: &str) -> Sidecar {
         let path = dir.join("config.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nexus-sidecar"))
             .arg("--config")
             .arg(&path)
             .env_remove("NEXUS_SIDECAR_CONFIG")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -239,15 +248,18 @@ impl Sidecar {
             pid: child.id(),
             child: Some(child),
             exited: false,
-            port,
+            port: 0,
             dir,
             config: path,
             lines,
             log,
         };
-        sidecar
-            .wait_for("listening", |l| l.contains("listening"))
+        let line = sidecar
+            .wait_for("listening", |l| {
+                l.contains("listening") && !l.contains("admin")
+            })
             .await;
+        sidecar.port = bound_port(&line);
         sidecar
     }
 
@@ -372,16 +384,14 @@ fn assert_clean_text(log: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_refuses_new_connections_and_finishes_the_request_in_flight() {
     let (target, mut arrivals) = upstream().await;
-    let port = free_port();
     let toml = config(
-        port,
         target,
         "json",
         "20s",
         "",
         &format!("\"{SECRET_MARK}-literal-token\""),
     );
-    let mut sc = Sidecar::start(temp_dir("term"), port, &toml).await;
+    let mut sc = Sidecar::start(temp_dir("term"), &toml).await;
 
     let request = in_flight(sc.addr(), "/v1/slow?wait=1");
     let arrival = within("the upstream to see the request", arrivals.recv())
@@ -427,16 +437,14 @@ async fn sigterm_refuses_new_connections_and_finishes_the_request_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_grace_period_runs_out_the_busy_connection_is_cut_and_the_exit_is_0() {
     let (target, mut arrivals) = upstream().await;
-    let port = free_port();
     let toml = config(
-        port,
         target,
         "text",
         "300ms",
         "",
         &format!("\"{SECRET_MARK}-literal-token\""),
     );
-    let mut sc = Sidecar::start(temp_dir("grace"), port, &toml).await;
+    let mut sc = Sidecar::start(temp_dir("grace"), &toml).await;
 
     let request = in_flight(sc.addr(), "/v1/never");
     // Kept, never answered: the request stays in flight until the process is gone.
@@ -475,16 +483,14 @@ async fn when_the_grace_period_runs_out_the_busy_connection_is_cut_and_the_exit_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_and_exits_0_like_sigterm() {
     let (target, mut arrivals) = upstream().await;
-    let port = free_port();
     let toml = config(
-        port,
         target,
         "text",
         "20s",
         "",
         &format!("\"{SECRET_MARK}-literal-token\""),
     );
-    let mut sc = Sidecar::start(temp_dir("int"), port, &toml).await;
+    let mut sc = Sidecar::start(temp_dir("int"), &toml).await;
     // Straight after `listening`: the handler is already in place.
     sc.signal("INT");
     let draining = sc
@@ -505,14 +511,8 @@ async fn sigint_drains_and_exits_0_like_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_changed_file_and_refuses_an_invalid_one() {
     let (target, mut arrivals) = upstream().await;
-    let port = free_port();
     let token = format!("\"{SECRET_MARK}-literal-token\"");
-    let mut sc = Sidecar::start(
-        temp_dir("hup"),
-        port,
-        &config(port, target, "json", "20s", "", &token),
-    )
-    .await;
+    let mut sc = Sidecar::start(temp_dir("hup"), &config(target, "json", "20s", "", &token)).await;
     let url = sc.url("/v1/reload");
 
     let (seen, _) = round_trip(&url, &mut arrivals, "before").await;
@@ -521,7 +521,6 @@ async fn sighup_applies_a_changed_file_and_refuses_an_invalid_one() {
     replace(
         &sc.config,
         &config(
-            port,
             target,
             "json",
             "20s",
@@ -537,7 +536,6 @@ async fn sighup_applies_a_changed_file_and_refuses_an_invalid_one() {
 
     // An unknown key: the whole file is refused, its new header with it.
     let invalid = config(
-        port,
         target,
         "json",
         "20s",
@@ -573,16 +571,14 @@ async fn a_rotated_token_file_is_reloaded_and_sent_next() {
     let dir = temp_dir("rotate");
     let token_file = dir.join("token");
     replace(&token_file, &format!("{first}\n"));
-    let port = free_port();
     let toml = config(
-        port,
         target,
         "text",
         "20s",
         "",
         &format!("{{ file = \"{}\" }}", token_file.display()),
     );
-    let mut sc = Sidecar::start(dir, port, &toml).await;
+    let mut sc = Sidecar::start(dir, &toml).await;
     let url = sc.url("/v1/rotate");
 
     let (seen, _) = round_trip(&url, &mut arrivals, "one").await;
