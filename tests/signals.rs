@@ -171,8 +171,7 @@ fn replace(path: &Path, content: &str) {
 }
 
 /// One upstream "api" on a port the OS picks, in front of `target`, with a static token.
-/// `token` is a TOML
-/// value; `upstream_extra` goes into `[[upstream]]`.
+/// `token` is a TOML value; `upstream_extra` goes into `[[upstream]]`.
 fn config(
     target: SocketAddr,
     format: &str,
