@@ -28,6 +28,7 @@ use crate::client::{self, ClientError, HttpClient, Roots};
 use crate::config::{Config, ConfigError, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Upstream};
+use crate::secret::{LoadedSecret, Secret};
 use crate::token::{TokenCache, TokenError, TokenSource};
 
 pub use crate::config::DEFAULT_SHUTDOWN_GRACE;
@@ -212,35 +213,36 @@ impl Sidecar {
         // Application connections, reaped as they finish: what is left when a drain runs out
         // is what it cuts off.
         let mut connections = JoinSet::new();
-        let mut poll = tokio::time::interval(SECRET_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Secret files are read off this loop: a hung mount must not stop the accepting.
+        let (secrets, watched) = watch::channel(self.file_secrets());
+        let (changed_tx, mut changed) = mpsc::channel::<PathBuf>(1);
+        let watcher = tokio::spawn(watch_secret_files(watched, changed_tx));
         let mut shutdown = std::pin::pin!(shutdown);
         let mut reloads_open = true;
-        let mut refused_contents = None;
         loop {
             tokio::select! {
                 Some(conn) = accepted.recv() => serve(&builder, &graceful, &mut connections, conn),
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 signal = reloads.recv(), if reloads_open => match signal {
-                    Some(()) => self.reload("reload requested", &mut acceptors, &tx).await,
+                    Some(()) => {
+                        if self.reload("reload requested", &mut acceptors, &tx).await {
+                            let _ = secrets.send(self.file_secrets());
+                        }
+                    }
                     None => reloads_open = false,
                 },
-                _ = poll.tick() => {
-                    if let Some(path) = self.changed_secret_file() {
-                        // Retry a refused reload only once the files change again.
-                        let contents = self.file_secret_contents();
-                        if refused_contents.as_ref() != Some(&contents) {
-                            let why = format!("secret file {} changed", path.display());
-                            let before = *self.reloads.borrow();
-                            self.reload(&why, &mut acceptors, &tx).await;
-                            let refused = self.reloads.borrow().refused > before.refused;
-                            refused_contents = refused.then_some(contents);
-                        }
+                Some(path) = changed.recv() => {
+                    let why = format!("secret file {} changed", path.display());
+                    // A refused reload publishes nothing: the watcher then waits for the files
+                    // to change again instead of retrying every second.
+                    if self.reload(&why, &mut acceptors, &tx).await {
+                        let _ = secrets.send(self.file_secrets());
                     }
                 }
                 () = &mut shutdown => break,
             }
         }
+        watcher.abort();
         // Stop accepting first: new connections are refused while old ones drain. Those
         // already accepted but not yet picked up are served like the rest.
         // `abort` only schedules the cancellation: awaiting it closes every listener (and stops
@@ -275,22 +277,9 @@ impl Sidecar {
         }
     }
 
-    /// The first `{ file = … }` secret whose content no longer matches the value in use.
-    fn changed_secret_file(&self) -> Option<PathBuf> {
-        self.config.file_secrets().into_iter().find_map(|s| {
-            // A file that is briefly missing mid-swap is not a change yet.
-            let now = s.source.resolve().ok()?;
-            (now != s.value).then(|| s.source.file().map(PathBuf::from))?
-        })
-    }
-
-    /// What every `{ file = … }` secret holds now (unreadable ones as `None`).
-    fn file_secret_contents(&self) -> Vec<Option<crate::secret::Secret>> {
-        self.config
-            .file_secrets()
-            .into_iter()
-            .map(|s| s.source.resolve().ok())
-            .collect()
+    /// The `{ file = … }` secrets in use, with their values, for the watcher.
+    fn file_secrets(&self) -> Vec<LoadedSecret> {
+        self.config.file_secrets().into_iter().cloned().collect()
     }
 
     /// Loads the configuration again and applies it; a configuration that fails validation or
@@ -300,10 +289,22 @@ impl Sidecar {
         why: &str,
         acceptors: &mut BTreeMap<String, JoinHandle<()>>,
         tx: &mpsc::Sender<Accepted>,
-    ) {
-        let loaded = match &self.path {
-            Some(path) => Config::load(path),
-            None => Config::from_toml(self.config.text.as_str()),
+    ) -> bool {
+        // Reading the file and every secret is blocking I/O: keep it off the accept loop.
+        let (path, text) = (self.path.clone(), self.config.text.clone());
+        let loaded = tokio::task::spawn_blocking(move || match path {
+            Some(path) => Config::load(&path),
+            None => Config::from_toml(text.as_str()),
+        })
+        .await;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                // Only a panic or a runtime shutting down gets here: nothing was loaded.
+                tracing::error!(reason = why, %error, "reload refused: the configuration could not be read");
+                self.reloads.send_modify(|c| c.refused += 1);
+                return false;
+            }
         };
         let outcome = match loaded {
             Ok(config) => self.apply(config, acceptors, tx).await,
@@ -313,10 +314,12 @@ impl Sidecar {
             Ok(summary) => {
                 tracing::info!(reason = why, %summary, "configuration reloaded");
                 self.reloads.send_modify(|c| c.applied += 1);
+                true
             }
             Err(error) => {
                 tracing::error!(reason = why, %error, "reload refused; the running configuration stays");
                 self.reloads.send_modify(|c| c.refused += 1);
+                false
             }
         }
     }
@@ -516,6 +519,51 @@ enum Target {
 }
 
 type Accepted = (TcpStream, Target);
+
+/// Compares the `{ file = … }` secrets in use with their files every [`SECRET_POLL`] and names
+/// the first that changed. It says so once per new content: a reload that is refused is not
+/// retried until the files change again, and a new configuration (a new `in_use`) starts over.
+async fn watch_secret_files(
+    mut in_use: watch::Receiver<Vec<LoadedSecret>>,
+    changed: mpsc::Sender<PathBuf>,
+) {
+    let mut tick = tokio::time::interval(SECRET_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: Option<Vec<Option<Secret>>> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Ok(()) = in_use.changed() => {
+                reported = None;
+                continue;
+            }
+        }
+        let secrets = in_use.borrow_and_update().clone();
+        let Ok((first, contents)) = tokio::task::spawn_blocking(move || read_files(&secrets)).await
+        else {
+            continue;
+        };
+        let Some(path) = first else { continue };
+        if reported.as_ref() != Some(&contents) {
+            if changed.send(path).await.is_err() {
+                return;
+            }
+            reported = Some(contents);
+        }
+    }
+}
+
+/// What each secret file holds now (unreadable ones as `None`), and the first that differs from
+/// the value in use. A file briefly missing mid-swap is not a change yet.
+fn read_files(secrets: &[LoadedSecret]) -> (Option<PathBuf>, Vec<Option<Secret>>) {
+    let contents: Vec<Option<Secret>> = secrets.iter().map(|s| s.source.resolve().ok()).collect();
+    let first = secrets
+        .iter()
+        .zip(&contents)
+        .find(|(s, now)| now.as_ref().is_some_and(|v| *v != s.value))
+        .and_then(|(s, _)| s.source.file().map(PathBuf::from));
+    (first, contents)
+}
 
 /// Stops an acceptor and waits until its listener is closed, so that a reload that reports
 /// an upstream removed has really freed its port.

@@ -494,3 +494,43 @@ async fn a_drain_that_runs_out_reports_only_the_busy_connections() {
     );
     assert!(slow.await.unwrap().is_err(), "the slow request was cut off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_file_waits_for_new_content_then_applies() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("refused");
+    let token = dir.join("token");
+    replace(&token, "tok-1\n");
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\n[upstream.auth]\nflow = \"static\"\ntoken = {{ file = \"{}\" }}\n",
+        s.base_url(),
+        token.display()
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let mut ops = start(&config, None).await;
+    let http = Http::default();
+
+    // A token no header can carry: the reload is refused, once.
+    replace(&token, "bad\ninside\n");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ops.reloads.wait_for(|c| c.refused >= 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    http.get(&format!("{}/v1/still-old", ops.app)).await;
+    let seen = s.seen();
+    assert_eq!(
+        seen.last().unwrap().token.as_deref(),
+        Some("tok-1"),
+        "the running token stays"
+    );
+
+    // New content is tried at once; the refused content was never retried meanwhile.
+    replace(&token, "tok-2\n");
+    applied(&mut ops, 1).await;
+    assert_eq!(ops.reloads.borrow().refused, 1);
+    http.get(&format!("{}/v1/new", ops.app)).await;
+    assert_eq!(s.seen().last().unwrap().token.as_deref(), Some("tok-2"));
+}
