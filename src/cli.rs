@@ -53,24 +53,10 @@ pub enum FetchError {
     Client(#[from] ClientError),
     /// With its causes (a connect error says why), and the token endpoint's error code, if it
     /// gave one, repeated as `[token_error=…]` so scripts can pick it out.
-    #[error("{}{}", with_causes(.0), token_error_suffix(.0))]
+    #[error("{}{}", crate::error::chain(.0), token_error_suffix(.0))]
     Token(#[from] TokenError),
     #[error("the token request task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-}
-
-/// `e: cause: cause…`, skipping a cause whose text is already there.
-fn with_causes(e: &TokenError) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn token_error_suffix(e: &TokenError) -> String {

@@ -54,11 +54,6 @@ impl Roots {
         tracing::debug!(added, ignored, "system trust roots loaded");
         Roots(Arc::new(store))
     }
-
-    /// Only the given certificates: for tests that must not trust anything else.
-    pub fn empty() -> Roots {
-        Roots(Arc::new(RootCertStore::empty()))
-    }
 }
 
 /// Builds a client for one upstream: `ca_file` adds trust roots for it (and its token

@@ -113,13 +113,17 @@ fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// An error and its causes on one line ("client error (Connect): tcp connect error: ...").
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes on one line ("client error (Connect): tcp connect error: ..."),
+/// skipping a cause whose text the line already holds.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
+        let more = err.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = err.source();
     }
     text

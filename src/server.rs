@@ -31,8 +31,6 @@ use crate::proxy::{self, Upstream};
 use crate::secret::{LoadedSecret, Secret};
 use crate::token::{TokenCache, TokenError, TokenSource};
 
-pub use crate::config::DEFAULT_SHUTDOWN_GRACE;
-
 /// A client that sends no complete request head within this is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed `accept` (out of file descriptors, say), wait this long before the next.
@@ -162,11 +160,6 @@ impl Sidecar {
     /// for a rotated secret to take effect instead of guessing how long that takes.
     pub fn reloads(&self) -> watch::Receiver<ReloadCount> {
         self.reloads.subscribe()
-    }
-
-    /// The upstream called `name`, as currently configured.
-    pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
-        self.slots.get(name).map(|s| s.upstream.load_full())
     }
 
     /// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`. Reloads when

@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 
 use nexus_sidecar::config::{Flow, FlowKind};
 use nexus_sidecar::Config;
+use support::temp_dir;
 
 const EXAMPLE: &str = include_str!("../config.example.toml");
 
@@ -25,12 +27,6 @@ const ENV: [&str; 11] = [
     "NEXUSHUB_USER_SECRET",
     "INTERNAL_API_TOKEN",
 ];
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nexus-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 #[test]
 fn the_example_configuration_loads() {

@@ -261,7 +261,7 @@ async fn http1_keep_alive_serves_several_requests_on_one_connection() {
             .header("host", r.addr("api").to_string())
             .body(Full::new(Bytes::from(format!("body {i}"))))
             .unwrap();
-        let reply = reply(conn.send_request(request).await.unwrap()).await;
+        let reply = Reply::read(conn.send_request(request).await.unwrap()).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert!(reply.headers.get("connection").is_none_or(|c| c != "close"));
     }
@@ -333,7 +333,7 @@ async fn an_empty_get_is_sent_without_a_body() {
         .header("host", r.addr("api").to_string())
         .body(Empty::new())
         .unwrap();
-    let reply = reply(conn.send_request(request).await.unwrap()).await;
+    let reply = Reply::read(conn.send_request(request).await.unwrap()).await;
     assert_eq!(reply.status, 200);
     let seen = s.seen();
     assert!(seen[0].body.is_empty());

@@ -14,9 +14,6 @@ use support::*;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-/// Generous bound on anything that waits for the sidecar: a hang fails instead of blocking CI.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 /// `n` concurrent GETs of `url`; the replies in completion order.
 async fn burst(http: &Http, url: &str, n: usize) -> Vec<Reply> {
     let mut set = JoinSet::new();

@@ -12,10 +12,8 @@
 mod support;
 mod wire;
 
-use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -24,15 +22,6 @@ use serde_json::Value;
 use support::*;
 use tokio::sync::watch;
 use tracing::Level;
-
-/// Bound on every wait: a broken build fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 /// The in-memory log: bytes, and a counter bumped on each write so a test can wait for one.
 #[derive(Clone)]

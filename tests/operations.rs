@@ -13,23 +13,6 @@ use nexus_sidecar::{Config, Sidecar};
 use support::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "nexus-ops-{tag}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Replaces `path` atomically, as an orchestrator would: write beside it, rename over it.
-fn replace(path: &Path, content: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// A NuvyNexus upstream whose credentials are read from `dir/client_id` and
 /// `dir/client_secret`, with the admin listener on a free port.
 fn file_config(s: &StandIn, dir: &Path, extra: &str) -> String {

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -23,7 +22,6 @@ use support::*;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-const PATIENCE: Duration = Duration::from_secs(30);
 /// Lets a token be replaced as soon as it is rejected.
 const NO_RATE_LIMIT: &str = "min_refresh_interval = \"0s\"";
 /// Tags each application request so its upstream attempts can be told apart.

@@ -12,13 +12,11 @@ mod support;
 mod wire;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -27,18 +25,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use support::{Http, Reply, SECRET_MARK};
+use support::{replace, temp_dir, within, Http, Reply, PATIENCE, SECRET_MARK};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-
-/// Bound on every wait: a broken build fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 // --- The upstream: every request is handed to the test, which answers when it likes. -------
 
@@ -151,23 +140,6 @@ fn bound_port(line: &str) -> u16 {
         .collect::<String>()
         .parse()
         .unwrap_or_else(|_| panic!("no port in {line:?}"))
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "nexus-signals-{tag}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Replaces `path` as an orchestrator would: write beside it, rename over it.
-fn replace(path: &Path, content: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// One upstream "api" on a port the OS picks, in front of `target`, with a static token.

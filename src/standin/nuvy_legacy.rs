@@ -10,12 +10,8 @@ use super::wire::{self, Basic, Body, Form, TokenRequest};
 
 /// Checks, in order: Content-Type, Basic credentials, grant type.
 pub(super) fn token(shared: &Shared, req: &TokenRequest) -> Response<Body> {
-    if !wire::is_form(&req.headers) {
-        return wire::oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Content-Type must be application/x-www-form-urlencoded",
-        );
+    if let Some(refusal) = wire::require_form(&req.headers) {
+        return refusal;
     }
     let knobs = shared.knobs();
     let authenticated = match wire::basic(&req.headers) {

@@ -24,12 +24,8 @@ pub(super) fn token(shared: &Shared, req: &TokenRequest) -> Response<Body> {
     if let Err(retry_after) = lock(&shared.rate).admit(req.peer.ip(), Instant::now()) {
         return too_many_requests(retry_after);
     }
-    if !wire::is_form(&req.headers) {
-        return wire::oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Content-Type must be application/x-www-form-urlencoded",
-        );
+    if let Some(refusal) = wire::require_form(&req.headers) {
+        return refusal;
     }
     let form = Form::parse(&req.body);
     let knobs = shared.knobs();

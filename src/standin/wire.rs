@@ -79,6 +79,18 @@ pub(super) fn is_form(headers: &HeaderMap) -> bool {
     media_type(headers).as_deref() == Some("application/x-www-form-urlencoded")
 }
 
+/// The OAuth2 answer to a token request that is not a form (RFC 6749 §3.2 requires one):
+/// `None` when it is.
+pub(super) fn require_form(headers: &HeaderMap) -> Option<Response<Body>> {
+    (!is_form(headers)).then(|| {
+        oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Content-Type must be application/x-www-form-urlencoded",
+        )
+    })
+}
+
 pub(super) fn is_json(headers: &HeaderMap) -> bool {
     media_type(headers).as_deref() == Some("application/json")
 }

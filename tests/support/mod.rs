@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Version};
@@ -18,6 +19,34 @@ use nexus_sidecar::standin::{Api, Credentials, StandIn};
 use nexus_sidecar::{Config, Sidecar};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Bound on every wait: a broken build fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Awaits `f` within [`PATIENCE`], naming `what` if it does not finish.
+pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A new, empty directory for one test.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "nexus-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Replaces `path` atomically, as an orchestrator would: write beside it, rename over it.
+pub fn replace(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
 
 /// Every secret the tests hand out carries this marker, so a log or body scan can look for it.
 pub const SECRET_MARK: &str = "S3CRET";
@@ -119,6 +148,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Collects a whole response.
+    pub async fn read(response: http::Response<hyper::body::Incoming>) -> Reply {
+        let (parts, body) = response.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+            version: parts.version,
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
@@ -189,13 +229,6 @@ impl Http {
     }
 
     pub async fn request(&self, request: Request<Full<Bytes>>) -> Reply {
-        let response = self.client.request(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-            version: parts.version,
-        }
+        Reply::read(self.client.request(request).await.unwrap()).await
     }
 }

@@ -129,17 +129,6 @@ where
     sender
 }
 
-/// Collects a response into a [`Reply`].
-pub async fn reply(response: Response<Incoming>) -> Reply {
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-        version: parts.version,
-    }
-}
-
 /// A request body of unknown length whose chunks the test hands over one at a time; it ends
 /// when the sender is dropped.
 #[derive(Debug)]
