@@ -13,6 +13,36 @@ use nexus_sidecar::{Config, Sidecar};
 use support::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Requests that keep flowing while a test changes things under them, a new connection every
+/// five requests (so both new and kept-alive connections see the change).
+struct Load {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<u16>>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !*stopped.borrow_and_update() {
+                let http = Http::default();
+                for _ in 0..5 {
+                    statuses.push(http.get(&url).await.status.as_u16());
+                }
+            }
+            statuses
+        });
+        Load { stop, task }
+    }
+
+    /// Stops the load; the status of every request it made.
+    async fn finish(self) -> Vec<u16> {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap()
+    }
+}
+
 /// A NuvyNexus upstream whose credentials are read from `dir/client_id` and
 /// `dir/client_secret`, with the admin listener on a free port.
 fn file_config(s: &StandIn, dir: &Path, extra: &str) -> String {
@@ -280,20 +310,7 @@ async fn a_requested_reload_applies_the_file_and_fails_no_request() {
     let http = Http::default();
 
     // Requests keep flowing on several connections while the configuration changes under them.
-    let (stop_load, mut stopped) = watch::channel(false);
-    let load = {
-        let url = format!("{}/v1/load", ops.app);
-        tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            while !*stopped.borrow_and_update() {
-                let http = Http::default();
-                for _ in 0..5 {
-                    statuses.push(http.get(&url).await.status.as_u16());
-                }
-            }
-            statuses
-        })
-    };
+    let load = Load::start(format!("{}/v1/load", ops.app));
     replace(
         &path,
         &file_config(&s, &dir, "headers = { x-config = \"v2\" }"),
@@ -368,8 +385,7 @@ async fn a_requested_reload_applies_the_file_and_fails_no_request() {
     assert_eq!(removed.json()["error"], "upstream_removed");
     assert_eq!(removed.headers["connection"], "close");
 
-    stop_load.send(true).unwrap();
-    let statuses = load.await.unwrap();
+    let statuses = load.finish().await;
     assert!(!statuses.is_empty());
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     let reply = http.get(&format!("{}/v1/last", ops.app)).await;
@@ -403,18 +419,7 @@ async fn a_kubernetes_symlink_swap_rotates_the_secret_for_the_next_token() {
     let http = Http::default();
     assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
 
-    let (stop_load, mut stopped) = watch::channel(false);
-    let load = {
-        let url = format!("{}/v1/load", ops.app);
-        tokio::spawn(async move {
-            let http = Http::default();
-            let mut statuses = Vec::new();
-            while !*stopped.borrow_and_update() {
-                statuses.push(http.get(&url).await.status.as_u16());
-            }
-            statuses
-        })
-    };
+    let load = Load::start(format!("{}/v1/load", ops.app));
     let rotated = Credentials::new(
         format!("id-{}", Api::NuvyNexus.name()),
         format!("{SECRET_MARK}-k8s-rotated"),
@@ -429,8 +434,7 @@ async fn a_kubernetes_symlink_swap_rotates_the_secret_for_the_next_token() {
 
     let reply = http.get(&format!("{}/v1/after", ops.app)).await;
     assert_eq!(reply.status, 200);
-    stop_load.send(true).unwrap();
-    let statuses = load.await.unwrap();
+    let statuses = load.finish().await;
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     // The rotated secret obtained a new token, and the old token was retired with it.
     assert_eq!(s.token_requests(), 2);
