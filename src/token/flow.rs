@@ -75,17 +75,8 @@ async fn password(
             ("refresh_token", refresh.expose()),
         ];
         push_scope_and_extras(&mut form, p.scope.as_deref(), &p.extra_params);
-        match exchange.form(&p.token_url, form, p.client.as_ref()).await {
-            Ok(grant) => {
-                return Ok(Grant {
-                    via_refresh: true,
-                    ..grant
-                })
-            }
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                tracing::info!(error = %e, "refresh token refused; signing in with the password grant")
-            }
+        if let Some(done) = refreshed(exchange.form(&p.token_url, form, p.client.as_ref())).await {
+            return done;
         }
     }
     let code = match &p.totp_secret {
@@ -111,15 +102,8 @@ async fn nexushub(
 ) -> Result<Grant, TokenError> {
     if let Some(refresh) = refresh {
         let body = serde_json::json!({ "refresh_token": refresh.expose() });
-        match exchange.json(&n.refresh_url, &body).await {
-            Ok(grant) => {
-                return Ok(Grant {
-                    via_refresh: true,
-                    ..grant
-                })
-            }
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => tracing::info!(error = %e, "refresh token refused; authenticating again"),
+        if let Some(done) = refreshed(exchange.json(&n.refresh_url, &body)).await {
+            return done;
         }
     }
     let body = serde_json::json!({
@@ -127,6 +111,25 @@ async fn nexushub(
         "user_secret": n.user_secret.value.expose(),
     });
     exchange.json(&n.authenticate_url, &body).await
+}
+
+/// The outcome of a refresh-token request, or `None` when the endpoint refused the refresh
+/// token and the caller should sign in again. A transient failure is not a refusal: signing in
+/// would fail the same way, so it is returned for the backoff.
+async fn refreshed(
+    attempt: impl std::future::Future<Output = Result<Grant, TokenError>>,
+) -> Option<Result<Grant, TokenError>> {
+    match attempt.await {
+        Ok(grant) => Some(Ok(Grant {
+            via_refresh: true,
+            ..grant
+        })),
+        Err(e) if e.is_transient() => Some(Err(e)),
+        Err(e) => {
+            tracing::info!(error = %e, "refresh token refused; signing in again");
+            None
+        }
+    }
 }
 
 fn push_scope_and_extras<'a>(
