@@ -85,8 +85,8 @@ fn readyz(admin: &Admin) -> Response<Full<Bytes>> {
     let mut upstreams = serde_json::Map::new();
     for u in admin.upstreams().iter() {
         let status = u.tokens.status();
-        ready &= status.state.is_ready();
-        let mut entry = json!({ "state": status.state, "ready": status.state.is_ready() });
+        ready &= status.ready;
+        let mut entry = json!({ "state": status.state, "ready": status.ready });
         if let Some(code) = status
             .last_fetch
             .as_ref()

@@ -178,6 +178,8 @@ impl Sidecar {
         let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
         let mut acceptors: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
         for (name, slot) in &mut self.slots {
+            // `prefetch`: tokens are obtained while the listeners come up.
+            slot.upstream.load().tokens.start();
             if let Some(listener) = slot.listener.take() {
                 tracing::info!(upstream = name.as_str(), addr = %slot.addr, "listening");
                 let handle = spawn_acceptor(
@@ -355,6 +357,7 @@ impl Sidecar {
                     let previous = slot.upstream.swap(Arc::new(upstream));
                     if !Arc::ptr_eq(&previous.tokens, &successor) {
                         previous.tokens.retire(Some(&successor));
+                        successor.start();
                     }
                     slot.config = u;
                     slot.client = client;
@@ -373,6 +376,7 @@ impl Sidecar {
                     changed += 1;
                 }
                 None => {
+                    upstream.tokens.start();
                     let slot = Slot {
                         upstream: Arc::new(ArcSwap::from_pointee(upstream)),
                         config: u,

@@ -109,6 +109,8 @@ fn the_example_configuration_loads() {
         "extra_params",
         "refresh_before",
         "min_refresh_interval",
+        "prefetch",
+        "token_wait",
         "token_lifetime",
         "timeout",
         "username",

@@ -14,6 +14,18 @@ use support::*;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
+/// [`support::pair`] with `prefetch = false`: these tests are about what requests set off, so
+/// no token request may happen before the test has set the stand-in up (`prefetch` has its
+/// own tests in `resilience.rs`).
+async fn pair(api: Api, upstream_extra: &str, auth_extra: &str) -> (StandIn, Running) {
+    support::pair(
+        api,
+        upstream_extra,
+        &format!("{auth_extra}\nprefetch = false"),
+    )
+    .await
+}
+
 /// `n` concurrent GETs of `url`; the replies in completion order.
 async fn burst(http: &Http, url: &str, n: usize) -> Vec<Reply> {
     let mut set = JoinSet::new();
@@ -256,7 +268,8 @@ async fn rotated_credentials_at_the_endpoint_are_reported_not_retried() {
 
 #[tokio::test]
 async fn a_5xx_from_the_token_endpoint_is_503_and_backs_off() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    // token_wait = 0: the request does not wait for the backoff to end (the old rule).
+    let (s, r) = pair(Api::NuvyNexus, "", "token_wait = \"0s\"").await;
     s.fail_token_requests(usize::MAX, Failure::Status(503));
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -316,7 +329,12 @@ async fn a_501_grant_not_enabled_is_a_credential_error() {
 }
 
 async fn unreachable_endpoint(failure: Failure, expect: &str) {
-    let (s, r) = pair(Api::NuvyNexus, "", "timeout = \"500ms\"").await;
+    let (s, r) = pair(
+        Api::NuvyNexus,
+        "",
+        "timeout = \"500ms\"\ntoken_wait = \"0s\"",
+    )
+    .await;
     s.fail_token_requests(usize::MAX, failure);
     let http = Http::default();
     let url = r.url("api", "/v1/x");

@@ -103,9 +103,11 @@ fn capture() -> Capture {
 }
 
 /// A Nuvy Nexus stand-in and a sidecar in front of it as upstream `name`.
+/// Without `prefetch`: the token events these tests read are the ones requests set off.
 async fn named_pair(name: &str, auth_extra: &str) -> (StandIn, Running) {
     let s = standin(Api::NuvyNexus).await;
-    let r = sidecar(&upstream_toml(name, &s, "", auth_extra)).await;
+    let auth_extra = format!("{auth_extra}\nprefetch = false");
+    let r = sidecar(&upstream_toml(name, &s, "", &auth_extra)).await;
     (s, r)
 }
 

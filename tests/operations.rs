@@ -44,7 +44,8 @@ impl Load {
 }
 
 /// A NuvyNexus upstream whose credentials are read from `dir/client_id` and
-/// `dir/client_secret`, with the admin listener on a free port.
+/// `dir/client_secret`, with the admin listener on a free port. Tokens are fetched on demand and
+/// no request waits out a backoff, so the counts below follow request by request.
 fn file_config(s: &StandIn, dir: &Path, extra: &str) -> String {
     format!(
         r#"[admin]
@@ -61,6 +62,8 @@ token_url = "{token_url}"
 client_id = {{ file = "{dir}/client_id" }}
 client_secret = {{ file = "{dir}/client_secret" }}
 min_refresh_interval = "0s"
+prefetch = false
+token_wait = "0s"
 "#,
         target = s.base_url(),
         token_url = s.token_url(),

@@ -22,6 +22,18 @@ use support::*;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
+/// [`support::pair`] with `prefetch = false`: these tests are about what requests set off, so
+/// no token request may happen before the test has set the stand-in up (`prefetch` has its
+/// own tests in `resilience.rs`).
+async fn pair(api: Api, upstream_extra: &str, auth_extra: &str) -> (StandIn, Running) {
+    support::pair(
+        api,
+        upstream_extra,
+        &format!("{auth_extra}\nprefetch = false"),
+    )
+    .await
+}
+
 /// Lets a token be replaced as soon as it is rejected.
 const NO_RATE_LIMIT: &str = "min_refresh_interval = \"0s\"";
 /// Tags each application request so its upstream attempts can be told apart.
@@ -216,7 +228,8 @@ async fn a_second_401_reaches_the_app() {
 }
 
 #[tokio::test]
-async fn a_401_on_a_token_younger_than_the_interval_is_passed_through() {
+async fn a_401_on_a_token_younger_than_the_interval_is_passed_through_when_the_wait_is_too_long() {
+    // The interval (1 h) is far past token_wait (5 s): waiting it out is not an option.
     let (s, r, http) = primed("", "min_refresh_interval = \"1h\"").await;
     s.revoke_all();
     let reply = http

@@ -34,6 +34,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `min_refresh_interval`: at most one token request per upstream this often.
 pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `token_wait`: how long a request with no live token waits for a token request.
+pub const DEFAULT_TOKEN_WAIT: Duration = Duration::from_secs(5);
+/// The largest `token_wait` accepted: an application request should not hang longer than this.
+pub const MAX_TOKEN_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Default `token_lifetime`: used when a token carries neither `expires_in` nor a JWT `exp`.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Default `timeout` of one token request, connect to last byte.
@@ -140,6 +144,12 @@ pub struct AuthConfig {
     pub token_lifetime: Duration,
     /// One token request, connect to last byte.
     pub timeout: Duration,
+    /// `true`: obtain the token at start-up and keep it fresh without traffic; `false`: obtain
+    /// it on the first request. Meaningful only for flows that fetch tokens.
+    pub prefetch: bool,
+    /// How long an application request with no live token may wait for a token request to
+    /// finish; zero fails at once. At most [`MAX_TOKEN_WAIT`].
+    pub token_wait: Duration,
 }
 
 /// How the token is obtained, with the settings each flow needs and no others.

@@ -78,6 +78,8 @@ pub struct RawAuth {
     pub min_refresh_interval: Option<Dur>,
     pub token_lifetime: Option<Dur>,
     pub timeout: Option<Dur>,
+    pub prefetch: Option<bool>,
+    pub token_wait: Option<Spanned<Dur>>,
     pub username: Option<Spanned<SecretSource>>,
     pub password: Option<Spanned<SecretSource>>,
     pub totp_secret: Option<Spanned<SecretSource>>,

@@ -115,6 +115,8 @@ fn auth(f: &mut Formatter<'_>, a: &AuthConfig) -> fmt::Result {
         "  min_refresh_interval = {}",
         Dur(a.min_refresh_interval)
     )?;
+    writeln!(f, "  prefetch = {}", a.prefetch)?;
+    writeln!(f, "  token_wait = {}", Dur(a.token_wait))?;
     writeln!(f, "  token_lifetime = {}", Dur(a.token_lifetime))?;
     writeln!(f, "  timeout = {}", Dur(a.timeout))
 }

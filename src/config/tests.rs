@@ -337,3 +337,123 @@ fn static_header_values_stay_out_of_debug_output() {
     assert_eq!(c.upstreams[0].headers["x-api-key"], "key-S3CRET");
     assert!(!format!("{c:?}").contains("key-S3CRET"));
 }
+
+#[test]
+fn prefetch_and_token_wait_default_to_true_and_five_seconds() {
+    let c = load(&format!(
+        "[[upstream]]\nname = \"nuvy\"\npreset = \"nuvy-nexus\"\nenvironment = \"qa\"\nlisten = \"8081\"\n[upstream.auth]\n{CREDS}\n"
+    ))
+    .unwrap();
+    let auth = &c.upstreams[0].auth;
+    assert!(auth.prefetch);
+    assert_eq!(auth.token_wait, DEFAULT_TOKEN_WAIT);
+    assert_eq!(DEFAULT_TOKEN_WAIT, Duration::from_secs(5));
+}
+
+/// One upstream per token-fetching flow, each with `extra` in its `[upstream.auth]`.
+fn every_fetching_flow(extra: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "cc"
+listen = "1"
+target = "https://x"
+[upstream.auth]
+flow = "client_credentials"
+token_url = "https://x/token"
+{CREDS}
+{extra}
+
+[[upstream]]
+name = "pw"
+listen = "2"
+target = "https://x"
+[upstream.auth]
+flow = "password"
+token_url = "https://x/token"
+username = {{ env = "PATH" }}
+password = {{ env = "PATH" }}
+{extra}
+
+[[upstream]]
+name = "hub"
+listen = "3"
+target = "https://x"
+[upstream.auth]
+flow = "nexushub"
+auth_url = "https://auth.x"
+user_key = {{ env = "PATH" }}
+user_secret = {{ env = "PATH" }}
+{extra}
+"#
+    )
+}
+
+#[test]
+fn prefetch_and_token_wait_are_accepted_on_every_fetching_flow() {
+    let c = load(&every_fetching_flow(
+        "prefetch = false\ntoken_wait = \"250ms\"",
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams.len(), 3);
+    for u in &c.upstreams {
+        assert!(!u.auth.prefetch, "{}", u.name);
+        assert_eq!(u.auth.token_wait, Duration::from_millis(250), "{}", u.name);
+    }
+    // "0s": a request without a live token fails at once; the maximum is allowed.
+    let c = load(&every_fetching_flow("prefetch = true\ntoken_wait = \"0s\"")).unwrap();
+    assert!(c.upstreams.iter().all(|u| u.auth.prefetch));
+    assert!(c.upstreams.iter().all(|u| u.auth.token_wait.is_zero()));
+    let c = load(&every_fetching_flow("token_wait = \"5m\"")).unwrap();
+    assert!(c
+        .upstreams
+        .iter()
+        .all(|u| u.auth.token_wait == MAX_TOKEN_WAIT));
+}
+
+#[test]
+fn prefetch_and_token_wait_are_ignored_without_token_requests() {
+    // Like refresh_before and min_refresh_interval: accepted, and meaningless, for static and
+    // none.
+    let base = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n";
+    for flow in ["flow = \"none\"", "flow = \"static\"\ntoken = \"t\""] {
+        let c = load(&format!(
+            "{base}[upstream.auth]\n{flow}\nprefetch = false\ntoken_wait = \"1s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.upstreams.len(), 1, "{flow}");
+    }
+}
+
+#[test]
+fn invalid_and_over_large_token_waits_name_the_key() {
+    let base = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n[upstream.auth]\nflow = \"client_credentials\"\ntoken_url = \"https://x/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n";
+    // Line 10 in each case.
+    let e = err(&format!("{base}token_wait = \"5\"\n"));
+    assert!(
+        e.contains("line 10") && e.contains("token_wait") && e.contains("give a unit"),
+        "{e}"
+    );
+    let e = err(&format!("{base}token_wait = \"soon\"\n"));
+    assert!(
+        e.contains("token_wait") && e.contains("invalid duration"),
+        "{e}"
+    );
+    let e = err(&format!("{base}prefetch = \"yes\"\n"));
+    assert!(e.contains("line 10") && e.contains("prefetch"), "{e}");
+
+    let ConfigError::Invalid(problems) =
+        load(&format!("{base}token_wait = \"5m 1s\"\n")).unwrap_err()
+    else {
+        panic!("expected validation problems")
+    };
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].key, "upstream.a.auth.token_wait");
+    assert_eq!(problems[0].line, 10);
+    assert!(problems[0].message.contains("at most 5m"), "{problems:#?}");
+    let e = err(&format!("{base}token_wait = \"1h\"\n"));
+    assert!(
+        e.contains("line 10: `upstream.a.auth.token_wait`: must be at most 5m (got 1h)"),
+        "{e}"
+    );
+}

@@ -418,6 +418,19 @@ impl Validator<'_> {
                 );
             }
         }
+        // Checked whatever the flow, like the values above; `static` and `none` ignore it.
+        let token_wait = raw.token_wait.map(|d| (d.span(), d.into_inner().0));
+        if let Some((span, d)) = &token_wait {
+            if *d > MAX_TOKEN_WAIT {
+                let line = self.line(span);
+                let msg = format!(
+                    "must be at most {} (got {}): an application request would hang that long waiting for a token",
+                    humantime::format_duration(MAX_TOKEN_WAIT),
+                    humantime::format_duration(*d)
+                );
+                self.problem(line, &format!("{key}.token_wait"), msg);
+            }
+        }
         Some(AuthConfig {
             flow,
             refresh_before: raw.refresh_before.map(|d| d.0),
@@ -426,6 +439,8 @@ impl Validator<'_> {
                 .map_or(DEFAULT_MIN_REFRESH_INTERVAL, |d| d.0),
             token_lifetime,
             timeout: raw.timeout.map_or(DEFAULT_TOKEN_TIMEOUT, |d| d.0),
+            prefetch: raw.prefetch.unwrap_or(true),
+            token_wait: token_wait.map_or(DEFAULT_TOKEN_WAIT, |(_, d)| d),
         })
     }
 }

@@ -25,13 +25,6 @@ const CHUNK: u64 = 64 * 1024;
 /// `POST` here (no token needed) revokes every token issued so far.
 pub const REVOKE_PATH: &str = "/_standin/revoke";
 
-/// Which issued token the request presented (1 for the first): lets a person see the token
-/// change after a replay without printing the token.
-fn token_number(shared: &Shared, headers: &HeaderMap) -> Option<usize> {
-    let token = bearer(headers)?;
-    lock(&shared.tokens).number(&token)
-}
-
 /// Byte `i` of a `/download` body.
 pub fn download_byte(i: u64) -> u8 {
     (i % 251) as u8
@@ -52,10 +45,11 @@ pub(super) async fn serve(
         ));
     }
     let token = bearer(&parts.headers);
-    let authorized = !lock(&shared.knobs).api_always_401
-        && token
-            .as_deref()
-            .is_some_and(|t| lock(&shared.tokens).is_valid(t));
+    let presented = token
+        .as_deref()
+        .and_then(|t| lock(&shared.tokens).presented(t));
+    let always_401 = lock(&shared.knobs).api_always_401;
+    let authorized = !always_401 && presented.is_some_and(|p| p.is_valid());
     let path_and_query = parts.uri.path_and_query().map_or_else(
         || parts.uri.path().to_string(),
         |pq| pq.as_str().to_string(),
@@ -72,6 +66,9 @@ pub(super) async fn serve(
             headers: parts.headers.clone(),
             token,
             authorized,
+            token_epoch: presented.map(|p| p.epoch),
+            revoked: presented.is_some_and(|p| p.revoked),
+            expired: presented.is_some_and(|p| p.expired),
             body,
             version: parts.version,
         });
@@ -98,10 +95,15 @@ pub(super) async fn serve(
         }
         _ => match path.strip_prefix("/status/") {
             Some(code) => status(code),
-            None => {
-                let number = token_number(shared, &parts.headers);
-                echo(shared.api, &parts, &path_and_query, body_len, number)
-            }
+            // Which issued token the request presented (1 for the first): lets a person see
+            // the token change after a replay without printing the token.
+            None => echo(
+                shared.api,
+                &parts,
+                &path_and_query,
+                body_len,
+                presented.map(|p| p.number),
+            ),
         },
     })
 }

@@ -1,6 +1,7 @@
 //! What stands in front of every token endpoint: read the body, count the request, hold it
-//! while the hold knob is on, answer an injected failure, refuse methods other than POST, then
-//! hand over to the API's own module. The APIs' rules live in their modules, not here.
+//! while the hold knob is on, answer an injected failure (or delay the request), refuse methods
+//! other than POST, then hand over to the API's own module. The APIs' rules live in their
+//! modules, not here.
 
 use http::header::{ALLOW, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
@@ -29,7 +30,9 @@ pub(super) async fn token_endpoint(
     shared.count_token_request(grant_label(shared.api, &path, &body).as_deref());
     hold(shared).await?;
     if let Some(failure) = shared.take_failure() {
-        return inject(shared, failure).await;
+        if let Some(resp) = inject(shared, failure).await? {
+            return Ok(resp);
+        }
     }
     if parts.method != Method::POST {
         let mut resp = wire::oauth_error(
@@ -93,8 +96,10 @@ impl Drop for Held<'_> {
     }
 }
 
-async fn inject(shared: &Shared, failure: Failure) -> Result<Response<Body>, Abort> {
-    Ok(match failure {
+/// Answers `failure`; `None` when the request is to be answered as usual after all (a
+/// [`Failure::Delay`] once it has waited).
+async fn inject(shared: &Shared, failure: Failure) -> Result<Option<Response<Body>>, Abort> {
+    Ok(Some(match failure {
         Failure::Status(code) => {
             let status = StatusCode::from_u16(code)
                 .ok()
@@ -111,8 +116,14 @@ async fn inject(shared: &Shared, failure: Failure) -> Result<Response<Body>, Abo
             shared.shut_down().await;
             return Err(Abort::ShutDown);
         }
+        Failure::Delay(wait) => {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => return Ok(None),
+                _ = shared.shut_down() => return Err(Abort::ShutDown),
+            }
+        }
         Failure::Close => return Err(Abort::Close),
-    })
+    }))
 }
 
 /// 429 `too_many_requests` with `Retry-After` in seconds.

@@ -36,8 +36,39 @@ pub(super) struct Knobs {
     pub grant_disabled: bool,
     pub password_reset: bool,
     pub api_always_401: bool,
+}
+
+/// The failures injected into token requests: a counted run
+/// ([`StandIn::fail_token_requests`](super::StandIn::fail_token_requests)) and a seeded plan
+/// ([`StandIn::plan_token_faults`](super::StandIn::plan_token_faults)).
+#[derive(Debug, Default)]
+pub(super) struct Faults {
     /// Remaining count (`usize::MAX`: until cleared) and the failure to inject.
-    pub failure: Option<(usize, Failure)>,
+    pub counted: Option<(usize, Failure)>,
+    /// What the n-th token request since the plan was set gets; `None` answers normally.
+    pub plan: Vec<Option<Failure>>,
+    /// How many entries of `plan` token requests have spent (at most `plan.len()`).
+    pub planned: usize,
+}
+
+impl Faults {
+    /// What the next token request gets. Every token request spends the plan's next entry while
+    /// the plan lasts, so `plan[n]` always belongs to the n-th one; a pending counted failure
+    /// wins over that entry, which is then dropped.
+    pub fn take(&mut self) -> Option<Failure> {
+        let planned = self.plan.get(self.planned).cloned().flatten();
+        self.planned = (self.planned + 1).min(self.plan.len());
+        match self.counted.take() {
+            Some((left, failure)) => {
+                let left = if left == usize::MAX { left } else { left - 1 };
+                if left > 0 {
+                    self.counted = Some((left, failure.clone()));
+                }
+                Some(failure)
+            }
+            None => planned,
+        }
+    }
 }
 
 /// One hour: NexusHub's documented token life, and the default `exp` without `expires_in`.
@@ -51,6 +82,7 @@ pub const SEEN_LIMIT: usize = 10_000;
 pub(super) struct Shared {
     pub api: Api,
     pub knobs: Mutex<Knobs>,
+    pub faults: Mutex<Faults>,
     pub tokens: Mutex<Registry>,
     /// The most recent requests, at most [`SEEN_LIMIT`] of them.
     pub seen: Mutex<VecDeque<Seen>>,
@@ -75,8 +107,8 @@ impl Shared {
                 grant_disabled: false,
                 password_reset: false,
                 api_always_401: false,
-                failure: None,
             }),
+            faults: Mutex::new(Faults::default()),
             tokens: Mutex::new(Registry::default()),
             seen: Mutex::new(VecDeque::new()),
             by_grant: Mutex::new(HashMap::new()),
@@ -133,15 +165,9 @@ impl Shared {
         self.token_requests.send_modify(|n| *n += 1);
     }
 
-    /// Consumes one injected failure, if any is pending.
+    /// Consumes what the next token request gets from the injected failures, if anything.
     pub fn take_failure(&self) -> Option<Failure> {
-        let mut knobs = lock(&self.knobs);
-        let (left, failure) = knobs.failure.take()?;
-        let left = if left == usize::MAX { left } else { left - 1 };
-        if left > 0 {
-            knobs.failure = Some((left, failure.clone()));
-        }
-        Some(failure)
+        lock(&self.faults).take()
     }
 
     /// Resolves when the stand-in shuts down.

@@ -26,6 +26,7 @@ mod tests;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use api::{download_byte, REVOKE_PATH};
 
@@ -117,7 +118,8 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// An injected failure of the token endpoint (see [`StandIn::fail_token_requests`]).
+/// An injected failure of the token endpoint (see [`StandIn::fail_token_requests`] and
+/// [`StandIn::plan_token_faults`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// That status (500 if it is not a valid one) with `{"error":"server_error"}`.
@@ -130,6 +132,9 @@ pub enum Failure {
     MissingAccessToken,
     /// Never answers (until shutdown).
     Hang,
+    /// Waits that long, then answers as usual: a slow but successful token endpoint (unlike
+    /// [`Failure::Hang`]). A shutdown meanwhile ends the request without an answer.
+    Delay(Duration),
     /// Closes the connection without a response (over HTTP/2: resets the stream).
     Close,
 }
@@ -145,8 +150,25 @@ pub struct Seen {
     pub token: Option<String>,
     /// Whether the API accepted it.
     pub authorized: bool,
+    /// The revocation epoch the token was issued in: how many revocations
+    /// ([`StandIn::revoke_all`], or `POST` [`REVOKE_PATH`]) came before its issue. `None`
+    /// without a token, or for one this stand-in did not issue.
+    pub token_epoch: Option<u64>,
+    /// The token had been revoked when the request arrived: a revocation came between its
+    /// issue and this use.
+    pub revoked: bool,
+    /// The token's granted lifetime was over when the request arrived.
+    pub expired: bool,
     pub body: bytes::Bytes,
     pub version: http::Version,
+}
+
+impl Seen {
+    /// The `x-request-id` header as received (the sidecar forwards the application's, or makes
+    /// one up), so the upstream attempts of one application request can be joined.
+    pub fn request_id(&self) -> Option<&str> {
+        self.headers.get("x-request-id")?.to_str().ok()
+    }
 }
 
 /// A running stand-in: one token API and the protected API on one loopback listener.
@@ -277,9 +299,15 @@ impl StandIn {
         lock(&self.shared.knobs).password_reset = yes;
     }
 
-    /// Every access token issued so far becomes invalid at the protected API.
+    /// Every access token issued so far becomes invalid at the protected API. Each call (and
+    /// each `POST` [`REVOKE_PATH`]) starts a new revocation epoch; see [`Seen::token_epoch`].
     pub fn revoke_all(&self) {
         lock(&self.shared.tokens).revoke_all();
+    }
+
+    /// How many revocations there have been: the current revocation epoch (0 before the first).
+    pub fn revocations(&self) -> u64 {
+        lock(&self.shared.tokens).epoch()
     }
 
     /// Refresh tokens issued so far stop working (Nexudus, NexusHub).
@@ -293,8 +321,28 @@ impl StandIn {
     }
 
     /// The next `n` token requests answer with `f` (`usize::MAX`: until cleared); 0 clears.
+    /// While any are pending they take precedence over a plan set by
+    /// [`StandIn::plan_token_faults`], whose entries those requests spend all the same.
     pub fn fail_token_requests(&self, n: usize, f: Failure) {
-        lock(&self.shared.knobs).failure = (n > 0).then_some((n, f));
+        lock(&self.shared.faults).counted = (n > 0).then_some((n, f));
+    }
+
+    /// A seeded fault plan: counting from now, the n-th token request (0-based) gets `plan[n]`
+    /// (`None`: answered as usual); past the plan's end, every request is answered as usual.
+    /// Replaces any earlier plan; an empty one clears it. Requests are taken in the order they
+    /// reach the gate's failure check (after any hold). A failure pending from
+    /// [`StandIn::fail_token_requests`] takes precedence: the request gets that failure and its
+    /// plan entry is dropped, so `plan[n]` still belongs to the n-th request.
+    pub fn plan_token_faults(&self, plan: Vec<Option<Failure>>) {
+        let mut faults = lock(&self.shared.faults);
+        faults.plan = plan;
+        faults.planned = 0;
+    }
+
+    /// How many entries of the current plan token requests have spent (at most its length):
+    /// `plan[..n]` is what they were given.
+    pub fn planned_token_requests(&self) -> usize {
+        lock(&self.shared.faults).planned
     }
 
     /// While on, token requests wait (after being counted) until it is turned off; they are

@@ -1,6 +1,10 @@
 //! The registry of what a stand-in issued: JWT-shaped access tokens with their expiry and
 //! revocation, and refresh tokens. It mints and checks tokens; it knows nothing of HTTP or of
 //! which API asked.
+//!
+//! Revocation works by epochs: [`Registry::revoke_all`] ends the current revocation epoch, and
+//! a token is revoked once an epoch later than the one it was issued in has begun. So a token's
+//! record says both whether it was revoked and which revocations it lived through.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,7 +27,28 @@ struct Issued {
     token: String,
     /// From the lifetime actually granted: `expires_in`, else the JWT's; `None` never expires.
     expires_at: Option<Instant>,
-    revoked: bool,
+    /// The revocation epoch it was issued in; revoked once the registry's epoch is past it.
+    epoch: u64,
+}
+
+/// What the registry knows of a token presented to the protected API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Presented {
+    /// Which issued token it is (1 for the first).
+    pub number: usize,
+    /// The revocation epoch it was issued in.
+    pub epoch: u64,
+    /// A revocation came after its issue.
+    pub revoked: bool,
+    /// Its granted lifetime is over.
+    pub expired: bool,
+}
+
+impl Presented {
+    /// Neither revoked nor expired.
+    pub fn is_valid(&self) -> bool {
+        !self.revoked && !self.expired
+    }
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +59,8 @@ pub(super) struct Registry {
     refresh: HashMap<String, String>,
     /// Every refresh token ever issued, so invalidated ones stay distinct from new ones.
     refresh_ever: HashSet<String>,
+    /// How many times every token was revoked: the current revocation epoch.
+    epoch: u64,
 }
 
 impl Registry {
@@ -63,32 +90,35 @@ impl Registry {
         self.issued.push(Issued {
             token: token.clone(),
             expires_at: granted.and_then(|s| Instant::now().checked_add(Duration::from_secs(s))),
-            revoked: false,
+            epoch: self.epoch,
         });
         token
     }
 
-    /// Whether `token` was issued here, is not revoked and has not expired.
-    pub fn is_valid(&self, token: &str) -> bool {
-        let Some(issued) = self.by_token.get(token).and_then(|&i| self.issued.get(i)) else {
-            return false;
-        };
-        !issued.revoked && issued.expires_at.is_none_or(|at| Instant::now() < at)
-    }
-
-    /// Which issued token `token` is (1 for the first), if it was issued here.
-    pub fn number(&self, token: &str) -> Option<usize> {
-        self.by_token.get(token).map(|&i| i + 1)
+    /// What is known of `token` now, if it was issued here.
+    pub fn presented(&self, token: &str) -> Option<Presented> {
+        let i = *self.by_token.get(token)?;
+        let issued = self.issued.get(i)?;
+        Some(Presented {
+            number: i + 1,
+            epoch: issued.epoch,
+            revoked: issued.epoch < self.epoch,
+            expired: issued.expires_at.is_some_and(|at| Instant::now() >= at),
+        })
     }
 
     pub fn access_tokens(&self) -> Vec<String> {
         self.issued.iter().map(|i| i.token.clone()).collect()
     }
 
+    /// Revokes every token issued so far by starting a new revocation epoch.
     pub fn revoke_all(&mut self) {
-        for issued in &mut self.issued {
-            issued.revoked = true;
-        }
+        self.epoch += 1;
+    }
+
+    /// The current revocation epoch: how many times [`Registry::revoke_all`] was called.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Mints and records a refresh token for `sub`.
@@ -122,6 +152,13 @@ pub(super) fn random_alphanumeric(len: usize) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    impl Registry {
+        /// Whether `token` was issued here, is not revoked and has not expired.
+        fn is_valid(&self, token: &str) -> bool {
+            self.presented(token).is_some_and(|p| p.is_valid())
+        }
+    }
 
     fn claims(token: &str) -> serde_json::Value {
         let payload = token.split('.').nth(1).unwrap();
@@ -185,6 +222,15 @@ mod tests {
         assert!(!reg.is_valid(&t));
         let fresh = reg.issue("u", life);
         assert!(reg.is_valid(&fresh), "revocation is not sticky");
+        let p = reg.presented(&t).unwrap();
+        assert_eq!(
+            (p.number, p.epoch, p.revoked, p.expired),
+            (1, 0, true, false)
+        );
+        let p = reg.presented(&fresh).unwrap();
+        assert_eq!((p.number, p.epoch, p.revoked), (2, 1, false));
+        assert_eq!(reg.epoch(), 1);
+        assert_eq!(reg.presented("not-issued"), None);
         let rt = reg.issue_refresh("u");
         assert_eq!(reg.refresh_subject(&rt).as_deref(), Some("u"));
         reg.invalidate_refresh_tokens();

@@ -1,8 +1,10 @@
 //! Tokens: obtaining them, keeping them fresh, and telling the proxy which one to use.
 //!
 //! - `cache`: the shared moka [`TokenCache`], its keys and the credential fingerprint.
-//! - `source`: one [`TokenSource`] per upstream over that cache — single flight, refresh
-//!   ahead, compare-and-invalidate on 401, rate limit and backoff.
+//! - `lifecycle`: the state machine of one upstream's token — every decision (use, wait,
+//!   fetch, retry when, fail with what) as a pure function of its state and the clock.
+//! - `source`: one [`TokenSource`] per upstream that carries those decisions out: the store
+//!   (the cache), the token request tasks, waiting requests, the `prefetch` keeper.
 //! - `flow`: the token requests of each flow (OAuth2 forms, NexusHub JSON).
 //! - `response`: lenient, bounded parsing of what token endpoints answer.
 //! - `schedule`: the pure arithmetic of expiry, refresh time and backoff.
@@ -13,6 +15,7 @@
 
 mod cache;
 mod flow;
+mod lifecycle;
 mod response;
 mod schedule;
 mod source;
@@ -58,6 +61,24 @@ impl Token {
     pub fn expose(&self) -> &str {
         let value = self.header.to_str().unwrap_or_default();
         value.strip_prefix("Bearer ").unwrap_or(value)
+    }
+}
+
+#[cfg(test)]
+impl Token {
+    /// A token obtained at `obtained_at`, retired after `usable`, due for refresh after
+    /// `refresh_after`.
+    pub(crate) fn for_test(
+        obtained_at: Instant,
+        usable: Duration,
+        refresh_after: Duration,
+    ) -> Token {
+        Token {
+            header: HeaderValue::from_static("Bearer test"),
+            obtained_at,
+            expires_at: obtained_at + usable,
+            refresh_at: obtained_at + refresh_after,
+        }
     }
 }
 
@@ -133,9 +154,13 @@ pub enum TokenError {
     /// The whole token request took longer than `auth.timeout`.
     #[error("the token endpoint did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    /// An earlier failure is being backed off from; no request was made.
+    /// An earlier failure is being backed off from, past this request's `token_wait`.
     #[error("not retrying yet after: {last}")]
     BackingOff { last: Box<TokenError> },
+    /// The next token request could not be sent within this request's `token_wait` (the
+    /// rate limit, `min_refresh_interval`, defers it), or the one in flight never ended.
+    #[error("no token could be had within token_wait ({}): a token request is pending", humantime::format_duration(*.token_wait))]
+    NotInTime { token_wait: Duration },
     /// The TOTP seed cannot produce codes.
     #[error(transparent)]
     Totp(#[from] totp::InvalidTotpSecret),
@@ -171,7 +196,8 @@ impl TokenError {
         match self {
             TokenError::Unavailable { .. }
             | TokenError::Unreachable(_)
-            | TokenError::Timeout(_) => true,
+            | TokenError::Timeout(_)
+            | TokenError::NotInTime { .. } => true,
             TokenError::Rejected { .. } | TokenError::Invalid(_) | TokenError::Totp(_) => false,
             TokenError::BackingOff { last } => last.is_transient(),
         }
@@ -187,6 +213,7 @@ impl TokenError {
             TokenError::Invalid(_)
             | TokenError::Unreachable(_)
             | TokenError::Timeout(_)
+            | TokenError::NotInTime { .. }
             | TokenError::Totp(_) => None,
         }
     }

@@ -25,11 +25,23 @@ const TRANSIENT_CODES: [&str; 3] = ["temporarily_unavailable", "server_error", "
 #[derive(Debug)]
 pub struct Grant {
     pub access_token: Secret,
-    /// From `expires_in`, else the JWT `exp` claim; `None` when neither is given.
-    pub lifetime: Option<Duration>,
+    /// How long the token is good for, as far as the response says.
+    pub lifetime: Lifetime,
     pub refresh_token: Option<Secret>,
     /// Obtained with a refresh token (which then stays usable unless a new one came).
     pub via_refresh: bool,
+}
+
+/// What a token response says about the token's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// From `expires_in`, else from the JWT `exp` claim.
+    Given(Duration),
+    /// Neither is there: the configured `token_lifetime` applies.
+    Unstated,
+    /// `expires_in` is there but zero, negative or not a number, and no JWT `exp` says
+    /// better. Not taken as "an hour": the token is used briefly and replaced soon.
+    Unusable,
 }
 
 /// Interprets a complete token endpoint response.
@@ -98,12 +110,14 @@ fn parse_success(headers: &HeaderMap, body: &[u8], now_unix: u64) -> Result<Gran
             return Err(InvalidResponse::NotBearer(shown).into());
         }
     }
-    let lifetime = match object.get("expires_in").and_then(seconds) {
-        Some(secs) => Some(secs),
+    let expires_in = object.get("expires_in");
+    let lifetime = match expires_in.and_then(seconds) {
+        Some(secs) => Lifetime::Given(secs),
         None => match jwt_exp(access_token.expose()) {
             Some(exp) if exp <= now_unix => return Err(InvalidResponse::AlreadyExpired.into()),
-            Some(exp) => Some(Duration::from_secs(exp - now_unix)),
-            None => None,
+            Some(exp) => Lifetime::Given(Duration::from_secs(exp - now_unix)),
+            None if expires_in.is_some_and(|v| !v.is_null()) => Lifetime::Unusable,
+            None => Lifetime::Unstated,
         },
     };
     let refresh_token = match object.get("refresh_token") {

@@ -1,30 +1,28 @@
-//! One upstream's token over the shared cache: the lifecycle of PRODUCT.md §3.1 and §3.3.
+//! One upstream's token: carries out what the [`Lifecycle`] decides (PRODUCT.md §3.1, §3.3).
 //!
-//! - Hot path ([`TokenSource::token`]): a moka lookup and a clock read; no lock, no await,
-//!   no allocation. A token inside its refresh window also starts (at most) one background
-//!   refresh; the request carries on with the live token.
-//! - Every token request, whatever triggers it (cold miss, refresh ahead, 401), runs under one
-//!   per-upstream async mutex: that is the single flight, and the one place where the rate
-//!   limit (`min_refresh_interval`) and the backoff are enforced.
-//! - A 401 drops the token only if the cache still holds that very token
-//!   (compare-and-invalidate through moka's entry API), so a burst of 401s costs one request.
-//! - Failures back off exponentially; while backing off, a request with no live token fails
-//!   fast instead of queueing.
+//! - Hot path ([`TokenSource::token`]): a cache lookup and a clock read; no lock, no await.
+//!   A token inside its refresh window also asks the lifecycle whether to start a refresh.
+//! - Every token request runs in a task of its own, one at a time per upstream (the lifecycle's
+//!   `Fetching` phase is the single flight). Requests never send token requests themselves:
+//!   they wait for the lifecycle to change, within their `token_wait`, so a request that goes
+//!   away cancels nothing, and a waiting request holds nothing but its own future.
+//! - With `prefetch`, a keeper task obtains the first token at start-up and keeps it fresh
+//!   without traffic; it holds only a weak reference, and ends with the source.
 //!
-//! Tokens are keyed by upstream *and* credential fingerprint: a rotated secret, token URL or
-//! scope makes a new key, so a token never outlives the credentials that obtained it.
+//! The store is the shared moka [`TokenCache`], keyed by upstream *and* credential fingerprint:
+//! a rotated secret, token URL or scope makes a new key (and a new source), so a token never
+//! outlives the credentials that obtained it.
 
-use std::hash::RandomState;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use moka::ops::compute::Op;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::cache::{fingerprint, TokenCache, TokenKey};
 use super::flow::{self, Endpoint};
-use super::response::Grant;
+use super::lifecycle::{Fetch, Lifecycle, Phase, Rejection, Rules, Step, Trigger};
+use super::response::{Grant, Lifetime};
 use super::status::{self, LastFetch, TokenState, TokenStatus};
 use super::{schedule, InvalidResponse, Token, TokenError};
 use crate::client::HttpClient;
@@ -33,121 +31,75 @@ use crate::headers::bearer;
 use crate::metrics::{FetchOutcome, UpstreamMetrics};
 use crate::secret::Secret;
 
+/// A token whose `expires_in` is unusable (zero, negative, not a number) and carries no JWT
+/// `exp` is used for at most this long: short enough that a token that really was dead is
+/// soon replaced, long enough not to hammer the endpoint.
+const UNUSABLE_EXPIRES_IN_LIFETIME: Duration = Duration::from_secs(60);
+
 /// What to do after the upstream rejected a token.
 #[derive(Debug)]
 pub enum Reauth {
     /// Replay the request with this token.
     Replay(Arc<Token>),
-    /// Pass the rejection to the application: the token is too young to be replaced
-    /// (`min_refresh_interval`) or the flow has no way to get another.
+    /// Pass the rejection to the application: the token is too young to be replaced within
+    /// `token_wait` (`min_refresh_interval`), or the flow has no way to get another.
     PassThrough,
 }
 
-/// The credentials in force; swapped whole when they change.
-struct Credentials {
-    flow: Flow,
-    key: TokenKey,
-    /// The `static` flow's token, made once.
-    fixed: Option<Arc<Token>>,
-}
-
-/// Serialised by the fetch mutex.
-#[derive(Default)]
-struct FetchState {
-    last_request: Option<Instant>,
-    /// With the fingerprint of the credentials that earned it.
-    refresh_token: Option<(u64, Secret)>,
-}
-
-#[derive(Default)]
-struct Health {
-    failures: u32,
-    backoff: Option<Backoff>,
-    last: Option<Last>,
-}
-
-/// The most recent token request, kept for `/status` and readiness.
-struct Last {
-    at: SystemTime,
-    fingerprint: u64,
-    /// `None` on success.
-    error: Option<TokenError>,
-}
-
-/// What to do with the held refresh token after a successful token request.
-enum NextRefresh {
-    /// A new one came: use it next time.
-    Replace(Secret),
-    /// The refresh worked and brought no new one (NexusHub): the old one still serves.
-    Keep,
-    /// A sign-in brought none: drop whatever is held.
-    Clear,
-}
-
-/// What made a token request happen; named in the token event logs.
-#[derive(Debug, Clone, Copy)]
-enum Trigger {
-    /// A request found no live token.
-    Demand,
-    /// The live token entered its refresh window.
-    RefreshAhead,
-    /// The upstream rejected the token.
-    Rejected,
-}
-
-impl Trigger {
-    fn name(self) -> &'static str {
-        match self {
-            Trigger::Demand => "no live token",
-            Trigger::RefreshAhead => "refresh ahead of expiry",
-            Trigger::Rejected => "token rejected upstream",
-        }
-    }
-}
-
-struct Backoff {
-    until: Instant,
-    error: TokenError,
-    fingerprint: u64,
-}
-
-/// Timing rules from `[upstream.auth]`.
+/// Settings of `[upstream.auth]` beyond the lifecycle's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Policy {
+    rules: Rules,
     refresh_before: Option<Duration>,
-    min_refresh_interval: Duration,
     token_lifetime: Duration,
-    timeout: Duration,
+    prefetch: bool,
+}
+
+/// Where the token and the refresh token are kept. Written only under the state lock.
+struct Store {
+    cache: TokenCache,
+    key: TokenKey,
+    refresh_token: Mutex<Option<Secret>>,
+}
+
+/// Everything behind the state lock: the lifecycle and what `/status` reports of it.
+struct State {
+    lifecycle: Lifecycle,
+    /// The most recent token request: when it ended and, if it failed, why.
+    last: Option<(SystemTime, Option<TokenError>)>,
+    /// The keeper runs (or ran): [`TokenSource::start`] starts one at most.
+    started: bool,
+    /// A reload replaced this source: the keeper stops.
+    retired: bool,
 }
 
 /// One upstream's token: where it comes from and what state it is in.
 pub struct TokenSource {
-    cache: TokenCache,
+    flow: Flow,
+    /// The `static` flow's token, made once.
+    fixed: Option<Arc<Token>>,
+    policy: Policy,
     client: HttpClient,
     metrics: UpstreamMetrics,
-    policy: Policy,
-    /// Fixed for the life of this source: a reload that changes them builds a new source.
-    credentials: Credentials,
-    fetch: tokio::sync::Mutex<FetchState>,
-    health: Mutex<Health>,
-    refreshing: AtomicBool,
-    /// Background refreshes are not started before this many ms after `epoch` (backoff and
-    /// rate limit, read without taking a lock).
-    next_refresh_ms: AtomicU64,
-    epoch: Instant,
+    store: Store,
+    state: Mutex<State>,
+    /// Bumped after every change of the state or the store; waiting requests and the keeper
+    /// watch it.
+    changes: watch::Sender<()>,
 }
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSource")
-            .field("upstream", &self.credentials.key.upstream)
-            .field("flow", &self.credentials.flow.kind())
+            .field("upstream", &self.store.key.upstream)
+            .field("flow", &self.flow.kind())
             .finish()
     }
 }
 
 impl TokenSource {
     /// A source for upstream `name`. Fails only when a `static` token cannot be a header.
+    /// Nothing runs until [`TokenSource::start`] (prefetch) or the first request.
     pub fn new(
         name: &str,
         auth: &AuthConfig,
@@ -155,327 +107,346 @@ impl TokenSource {
         client: HttpClient,
         metrics: UpstreamMetrics,
     ) -> Result<TokenSource, TokenError> {
-        let credentials = Credentials::new(name, &auth.flow, &cache.hasher)?;
+        let policy = Policy::of(auth);
+        let key = TokenKey {
+            upstream: name.into(),
+            fingerprint: fingerprint(&auth.flow, &cache.hasher),
+        };
         Ok(TokenSource {
-            cache,
+            fixed: fixed_token(&auth.flow)?,
+            flow: auth.flow.clone(),
+            policy,
             client,
             metrics,
-            policy: Policy::of(auth),
-            credentials,
-            fetch: tokio::sync::Mutex::new(FetchState::default()),
-            health: Mutex::new(Health::default()),
-            refreshing: AtomicBool::new(false),
-            next_refresh_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            store: Store {
+                cache,
+                key,
+                refresh_token: Mutex::new(None),
+            },
+            state: Mutex::new(State {
+                lifecycle: Lifecycle::new(policy.rules),
+                last: None,
+                started: false,
+                retired: false,
+            }),
+            changes: watch::Sender::new(()),
         })
+    }
+
+    /// Starts the `prefetch` keeper, if this source has one: it obtains a token now and keeps
+    /// one fresh without traffic.
+    pub fn start(self: &Arc<Self>) {
+        if !self.policy.prefetch || Endpoint::of(&self.flow).is_none() {
+            return;
+        }
+        if std::mem::replace(&mut self.state().started, true) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let mut changes = self.changes.subscribe();
+        tokio::spawn(async move {
+            loop {
+                // Only a weak reference between turns: the keeper never keeps a source alive.
+                let Some(this) = weak.upgrade() else { return };
+                let next = {
+                    let mut state = this.state();
+                    if state.retired {
+                        return;
+                    }
+                    let held = this.store.get();
+                    state.lifecycle.keep(held.as_ref(), Instant::now())
+                };
+                let wake = match next {
+                    Ok(fetch) => {
+                        this.spawn_fetch(fetch);
+                        continue;
+                    }
+                    Err(wake) => wake,
+                };
+                drop(this);
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+            }
+        });
     }
 
     /// Whether `auth` would obtain exactly the tokens this source obtains, under the same
     /// timing rules: a reload may then keep this source, its backoff and its refresh token.
     pub fn serves(&self, auth: &AuthConfig) -> bool {
-        let current = &self.credentials;
         self.policy == Policy::of(auth)
-            && current.key.fingerprint == fingerprint(&auth.flow, &self.cache.hasher)
+            && self.store.key.fingerprint == fingerprint(&auth.flow, &self.store.cache.hasher)
     }
 
-    /// This source is being replaced (reload): drop its token from the cache unless
-    /// `successor` would use the very same one (only a timing rule changed).
+    /// This source is being replaced (reload): stop its keeper, and drop its token from the
+    /// cache unless `successor` would use the very same one (only a timing rule changed).
     pub fn retire(&self, successor: Option<&TokenSource>) {
-        let key = &self.credentials.key;
-        if successor.is_some_and(|s| s.credentials.key == *key) {
+        self.state().retired = true;
+        self.changes.send_replace(());
+        let key = &self.store.key;
+        if successor.is_some_and(|s| s.store.key == *key) {
             return;
         }
-        self.cache.cache.invalidate(key);
+        self.store.cache.cache.invalidate(key);
     }
 
     /// Whether a rejected token can be replaced (`static` cannot).
     pub fn renews(&self) -> bool {
-        self.credentials.fixed.is_none()
+        self.fixed.is_none()
     }
 
     /// Whether requests get a token at all (`flow = "none"` does not).
     pub fn authenticates(&self) -> bool {
-        !matches!(self.credentials.flow, Flow::None)
+        !matches!(self.flow, Flow::None)
     }
 
-    /// The token to send now; `None` for `flow = "none"`. Waits for the token endpoint only
-    /// when no live token exists.
+    /// The token to send now; `None` for `flow = "none"`. Waits only when no live token exists,
+    /// and then no longer than `token_wait` allows.
     pub async fn token(self: &Arc<Self>) -> Result<Option<Arc<Token>>, TokenError> {
-        let credentials = &self.credentials;
-        if matches!(credentials.flow, Flow::None) {
+        if matches!(self.flow, Flow::None) {
             return Ok(None);
         }
-        if let Some(fixed) = &credentials.fixed {
+        if let Some(fixed) = &self.fixed {
             return Ok(Some(Arc::clone(fixed)));
         }
-        if let Some(token) = self.cache.cache.get(&credentials.key) {
+        if let Some(token) = self.store.get() {
             let now = Instant::now();
             if token.is_live(now) {
                 if now >= token.refresh_at {
-                    self.refresh_in_background(&token, now);
+                    self.refresh_ahead(now);
                 }
                 return Ok(Some(token));
             }
         }
-        self.fetch(None).await.map(Some)
+        let arrived = Instant::now();
+        loop {
+            let mut changes = self.changes.subscribe();
+            let step = {
+                let mut state = self.state();
+                let held = self.store.get();
+                state
+                    .lifecycle
+                    .demand(held.as_ref(), Trigger::Demand, arrived, Instant::now())
+            };
+            if let Some(answer) = self.carry_out(step, &mut changes).await {
+                return answer.map(Some);
+            }
+        }
     }
 
-    /// The upstream rejected `used`: drop it if it is still the cached token and say what to
-    /// replay with. 100 concurrent rejections of one token make one token request.
+    /// The upstream rejected `used`: say what to replay with. The token is dropped only if the
+    /// store still holds that very token, so 100 concurrent rejections make one token request;
+    /// a token younger than `min_refresh_interval` is waited out within `token_wait`.
     pub async fn reauthorize(self: &Arc<Self>, used: &Arc<Token>) -> Result<Reauth, TokenError> {
-        if !self.reject(used) {
-            // Too young to replace: replay only if someone already has a newer token.
-            let credentials = &self.credentials;
-            return Ok(match self.cache.cache.get(&credentials.key) {
-                Some(t) if !Arc::ptr_eq(&t, used) && t.is_live(Instant::now()) => Reauth::Replay(t),
-                _ => Reauth::PassThrough,
-            });
+        if self.fixed.is_some() {
+            return Ok(Reauth::PassThrough);
         }
-        self.fetch(Some(used)).await.map(Reauth::Replay)
+        let arrived = Instant::now();
+        loop {
+            let mut changes = self.changes.subscribe();
+            let step = {
+                let mut state = self.state();
+                let held = self.store.get();
+                let now = Instant::now();
+                match state.lifecycle.rejected(used, held.as_ref(), arrived, now) {
+                    Rejection::Replay(token) => return Ok(Reauth::Replay(token)),
+                    Rejection::PassThrough => return Ok(Reauth::PassThrough),
+                    Rejection::Wait(until) => Step::Wait(until),
+                    Rejection::Renew => {
+                        self.store.remove_if(used);
+                        state
+                            .lifecycle
+                            .demand(None, Trigger::Rejected, arrived, now)
+                    }
+                }
+            };
+            if let Some(answer) = self.carry_out(step, &mut changes).await {
+                return answer.map(Reauth::Replay);
+            }
+        }
     }
 
-    /// Drops `used` from the cache if it is still the current token and old enough to be
-    /// replaced (`min_refresh_interval`). Returns whether a new token may be requested.
-    pub fn reject(&self, used: &Arc<Token>) -> bool {
-        let credentials = &self.credentials;
-        if credentials.fixed.is_some() {
-            return false;
+    /// The upstream rejected `used` and the request cannot be replayed: drop the token if it
+    /// is still the current one and old enough to be replaced.
+    pub fn reject(&self, used: &Arc<Token>) {
+        if self.fixed.is_some() {
+            return;
         }
-        if used.obtained_at.elapsed() < self.policy.min_refresh_interval {
-            return false;
+        let state = self.state();
+        let held = self.store.get();
+        let now = Instant::now();
+        if let Rejection::Renew = state.lifecycle.rejected(used, held.as_ref(), now, now) {
+            self.store.remove_if(used);
+            drop(state);
+            self.changes.send_replace(());
         }
-        self.cache
-            .cache
-            .entry(credentials.key.clone())
-            .and_compute_with(|entry| match entry {
-                Some(e) if Arc::ptr_eq(e.value(), used) => Op::Remove,
-                _ => Op::Nop,
-            });
-        true
     }
 
-    /// The slow path: one token request at a time, after re-checking what the previous one
-    /// brought. `rejected` is a token the upstream refused, which must not be handed out again.
-    async fn fetch(&self, rejected: Option<&Arc<Token>>) -> Result<Arc<Token>, TokenError> {
-        // A newer live token serves even while backing off (a replay after a failed refresh).
-        if let Some(token) = self.live_except(rejected) {
-            return Ok(token);
+    /// Carries out a step: the answer when it is one, else `None` once the token request is
+    /// started or the wait is over.
+    async fn carry_out(
+        self: &Arc<Self>,
+        step: Step,
+        changes: &mut watch::Receiver<()>,
+    ) -> Option<Result<Arc<Token>, TokenError>> {
+        match step {
+            Step::Use(token) => Some(Ok(token)),
+            Step::Fail(error) => Some(Err(error)),
+            Step::Start(fetch) => {
+                self.spawn_fetch(fetch);
+                None
+            }
+            Step::Wait(until) => {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
+                None
+            }
         }
-        self.fail_fast(self.credentials.key.fingerprint)?;
-        let mut state = self.fetch.lock().await;
-        let credentials = &self.credentials;
-        if let Some(token) = self.live_except(rejected) {
-            return Ok(token);
-        }
-        // The request we queued behind may have failed: do not repeat it at once.
-        self.fail_fast(credentials.key.fingerprint)?;
-        if let Some(last) = state.last_request {
-            tokio::time::sleep_until(last + self.policy.min_refresh_interval).await;
-        }
-        let trigger = match rejected {
-            Some(_) => Trigger::Rejected,
-            None => Trigger::Demand,
+    }
+
+    /// The live token is due for refresh: start one unless one is running or backing off.
+    fn refresh_ahead(self: &Arc<Self>, now: Instant) {
+        let fetch = {
+            let mut state = self.state();
+            // Read again under the lock: a refresh that just ended may have replaced it.
+            let held = self.store.get();
+            held.and_then(|token| state.lifecycle.refresh_due(&token, now))
         };
-        self.request(credentials, &mut state, trigger).await
+        if let Some(fetch) = fetch {
+            self.spawn_fetch(fetch);
+        }
     }
 
-    /// The cached live token, unless it is `rejected`.
-    fn live_except(&self, rejected: Option<&Arc<Token>>) -> Option<Arc<Token>> {
-        let token = self.cache.cache.get(&self.credentials.key)?;
-        let refused = rejected.is_some_and(|r| Arc::ptr_eq(r, &token));
-        (token.is_live(Instant::now()) && !refused).then_some(token)
-    }
-
-    fn refresh_in_background(self: &Arc<Self>, seen: &Arc<Token>, now: Instant) {
-        if self.millis(now) < self.next_refresh_ms.load(Ordering::Relaxed) {
-            return;
-        }
-        if self.refreshing.swap(true, Ordering::AcqRel) {
-            return;
-        }
+    fn spawn_fetch(self: &Arc<Self>, fetch: Fetch) {
         let this = Arc::clone(self);
-        let seen = Arc::clone(seen);
         tokio::spawn(async move {
-            // Cleared however the task ends (even cancelled at runtime shutdown), or
-            // refresh ahead would stay off for good.
-            let _clear = ClearOnDrop(&this.refreshing);
-            this.refresh_ahead(&seen).await;
+            // Should the task end early (runtime shutdown, a panic), the lifecycle must not
+            // stay `Fetching` for good.
+            let mut guard = Abandoned(Some(&this));
+            this.fetch(fetch).await;
+            guard.0 = None;
         });
     }
 
-    async fn refresh_ahead(&self, seen: &Arc<Token>) {
-        let mut state = self.fetch.lock().await;
-        let credentials = &self.credentials;
-        let now = Instant::now();
-        if let Some(token) = self.cache.cache.get(&credentials.key) {
-            if !Arc::ptr_eq(&token, seen) && token.is_live(now) && token.refresh_at > now {
-                return; // someone refreshed while we waited for the lock
-            }
-        }
-        if let Some(until) = self.backoff_until(credentials.key.fingerprint) {
-            self.defer_refresh(until);
-            return;
-        }
-        if let Some(last) = state.last_request {
-            let allowed = last + self.policy.min_refresh_interval;
-            if allowed > now {
-                self.defer_refresh(allowed);
-                return;
-            }
-        }
-        // The outcome is recorded (and logged) by `request`; requests keep the live token.
-        let _ = self
-            .request(credentials, &mut state, Trigger::RefreshAhead)
-            .await;
-    }
-
-    /// Sends one token request and records what came of it.
-    async fn request(
-        &self,
-        credentials: &Credentials,
-        state: &mut FetchState,
-        trigger: Trigger,
-    ) -> Result<Arc<Token>, TokenError> {
-        let Some(endpoint) = Endpoint::of(&credentials.flow) else {
-            // Unreachable: `static` answers from `fixed` and `none` never asks.
-            return Err(InvalidResponse::UnexpectedStatus(0).into());
+    /// Sends one token request when the rate limit allows, and records what came of it.
+    async fn fetch(&self, fetch: Fetch) {
+        let Some(endpoint) = Endpoint::of(&self.flow) else {
+            return; // `static` and `none` never start one.
         };
-        let fingerprint = credentials.key.fingerprint;
+        tokio::time::sleep_until(fetch.at).await;
         let started = Instant::now();
-        state.last_request = Some(started);
-        let refresh = state
-            .refresh_token
-            .as_ref()
-            .filter(|(fp, _)| *fp == fingerprint)
-            .map(|(_, secret)| secret.clone());
+        self.state().lifecycle.sent(started);
+        let refresh = self.store.refresh_token();
         let result = flow::obtain(
             &self.client,
             endpoint,
             refresh.as_ref(),
-            self.policy.timeout,
+            self.policy.rules.timeout,
         )
         .await
         .and_then(|grant| self.make_token(grant, started));
-        let upstream = &*credentials.key.upstream;
         self.metrics
             .token_fetch(outcome(&result), started.elapsed());
+        let upstream = &*self.store.key.upstream;
+        let trigger = fetch.trigger.name();
+        let mut state = self.state();
+        let now = Instant::now();
         match result {
             Ok((token, next)) => {
-                match next {
-                    NextRefresh::Replace(r) => state.refresh_token = Some((fingerprint, r)),
-                    NextRefresh::Keep => {}
-                    // A sign-in without a refresh token: any earlier one was refused or is
-                    // stale, and must not cost a request at every later refresh.
-                    NextRefresh::Clear => state.refresh_token = None,
-                }
-                self.cache
-                    .cache
-                    .insert(credentials.key.clone(), Arc::clone(&token));
-                {
-                    let mut health = self.health();
-                    health.failures = 0;
-                    health.backoff = None;
-                    health.last = Some(Last {
-                        at: SystemTime::now(),
-                        fingerprint,
-                        error: None,
-                    });
-                }
-                self.defer_refresh(token.refresh_at);
-                let lifetime = seconds(token.expires_at.saturating_duration_since(started));
+                self.store.put(Arc::clone(&token), next);
+                state.lifecycle.finished(Ok(()), None, now, fastrand::f64());
+                state.last = Some((SystemTime::now(), None));
+                drop(state);
+                let lifetime = token
+                    .expires_at
+                    .saturating_duration_since(started)
+                    .as_secs();
                 let used_refresh_token = refresh.is_some();
-                match trigger {
+                match fetch.trigger {
                     Trigger::RefreshAhead => {
                         tracing::info!(upstream, lifetime, used_refresh_token, "token refreshed")
                     }
-                    Trigger::Demand | Trigger::Rejected => tracing::info!(
-                        upstream,
-                        lifetime,
-                        used_refresh_token,
-                        trigger = trigger.name(),
-                        "token fetched"
-                    ),
+                    Trigger::Demand | Trigger::Rejected | Trigger::Prefetch => {
+                        tracing::info!(
+                            upstream,
+                            lifetime,
+                            used_refresh_token,
+                            trigger,
+                            "token fetched"
+                        )
+                    }
                 }
-                Ok(token)
             }
             Err(error) => {
-                let mut health = self.health();
-                health.failures = health.failures.saturating_add(1);
-                let retry_after = match &error {
-                    TokenError::Unavailable { retry_after, .. } => *retry_after,
-                    _ => None,
+                let held = self.store.get();
+                state
+                    .lifecycle
+                    .finished(Err(&error), held.as_deref(), now, fastrand::f64());
+                state.last = Some((SystemTime::now(), Some(error.clone())));
+                let retry_in = match state.lifecycle.phase() {
+                    Phase::BackingOff { retry_at, .. } | Phase::Failed { retry_at, .. } => {
+                        retry_at.saturating_duration_since(now)
+                    }
+                    Phase::Idle | Phase::Fetching { .. } => Duration::ZERO,
                 };
-                let delay = schedule::backoff(health.failures, retry_after, fastrand::f64());
-                let until = Instant::now() + delay;
-                health.backoff = Some(Backoff {
-                    until,
-                    error: error.clone(),
-                    fingerprint,
-                });
-                health.last = Some(Last {
-                    at: SystemTime::now(),
-                    fingerprint,
-                    error: Some(error.clone()),
-                });
-                let failures = health.failures;
-                drop(health);
-                self.defer_refresh(until);
+                let failures = state.lifecycle.failures();
+                drop(state);
                 let token_error = error.endpoint_code().map(|c| c.to_string());
-                tracing::warn!(upstream, %error, token_error, transient = error.is_transient(), trigger = trigger.name(), "token request failed");
-                let retry_at = humantime::format_rfc3339_seconds(SystemTime::now() + delay);
-                tracing::info!(upstream, until = %retry_at, retry_in_ms = millis(delay), failures, "backing off");
-                Err(error)
+                let live_token = held.is_some_and(|t| t.is_live(now));
+                tracing::warn!(upstream, error = %crate::error::chain(&error), token_error, transient = error.is_transient(), trigger, live_token, "token request failed");
+                let retry_at = humantime::format_rfc3339_seconds(SystemTime::now() + retry_in);
+                let retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(upstream, until = %retry_at, retry_in_ms, failures, "backing off");
             }
         }
+        self.changes.send_replace(());
     }
 
     /// A snapshot for `/status` and `/readyz`.
     pub fn status(&self) -> TokenStatus {
-        let credentials = &self.credentials;
-        let flow = credentials.flow.kind();
-        let endpoint = credentials.flow.token_endpoint().map(ToString::to_string);
-        match &credentials.flow {
-            Flow::None => return TokenStatus::new(flow, None, TokenState::NotUsed),
-            Flow::Static(_) => return TokenStatus::new(flow, None, TokenState::Static),
+        let kind = self.flow.kind();
+        let endpoint = self.flow.token_endpoint().map(ToString::to_string);
+        match &self.flow {
+            Flow::None => return TokenStatus::new(kind, None, TokenState::NotUsed, false),
+            Flow::Static(_) => return TokenStatus::new(kind, None, TokenState::Static, false),
             Flow::ClientCredentials(_) | Flow::Password(_) | Flow::NexusHub(_) => {}
         }
         let now = Instant::now();
-        let live = self
-            .cache
-            .cache
-            .get(&credentials.key)
-            .filter(|t| t.is_live(now));
-        let health = self.health();
-        let fingerprint = credentials.key.fingerprint;
-        let last = health
-            .last
-            .as_ref()
-            .filter(|l| l.fingerprint == fingerprint);
-        let state = match (last.and_then(|l| l.error.as_ref()), &live) {
-            (Some(e), _) if !e.is_transient() => TokenState::CredentialError,
+        let state = self.state();
+        let live = self.store.get().filter(|t| t.is_live(now));
+        let failed_last = state.last.as_ref().is_some_and(|(_, e)| e.is_some());
+        let token_state = match (state.lifecycle.phase(), &live) {
+            (Phase::Failed { .. }, _) => TokenState::CredentialError,
             (_, Some(_)) => TokenState::Live,
-            (Some(_), None) => TokenState::Failing,
-            (None, None) if last.is_some() => TokenState::Expired,
-            (None, None) => TokenState::Idle,
+            (Phase::BackingOff { .. }, None) => TokenState::Failing,
+            (Phase::Fetching { .. }, None) if failed_last => TokenState::Failing,
+            (Phase::Fetching { .. }, None) => TokenState::Fetching,
+            (Phase::Idle, None) if state.last.is_some() => TokenState::Expired,
+            (Phase::Idle, None) => TokenState::Idle,
         };
-        let mut status = TokenStatus::new(flow, endpoint, state);
+        let mut status = TokenStatus::new(kind, endpoint, token_state, self.policy.prefetch);
         status.expires_in_seconds =
             live.map(|t| t.expires_at.saturating_duration_since(now).as_secs());
-        status.last_fetch = last.map(|l| LastFetch {
-            at: status::unix(l.at),
-            outcome: outcome_name(l.error.as_ref()),
-            error_code: l
-                .error
+        status.last_fetch = state.last.as_ref().map(|(at, error)| LastFetch {
+            at: status::unix(*at),
+            outcome: outcome_name(error.as_ref()),
+            error_code: error
                 .as_ref()
                 .and_then(|e| e.endpoint_code())
                 .map(|c| c.to_string()),
-            error: l.error.as_ref().map(ToString::to_string),
+            error: error.as_ref().map(ToString::to_string),
         });
-        status.backing_off_seconds = health
-            .backoff
-            .as_ref()
-            .filter(|b| b.fingerprint == fingerprint && b.until > now)
-            .map(|b| b.until.saturating_duration_since(now).as_secs().max(1));
+        status.backing_off_seconds = match state.lifecycle.phase() {
+            Phase::BackingOff { retry_at, .. } | Phase::Failed { retry_at, .. }
+                if *retry_at > now =>
+            {
+                Some(retry_at.saturating_duration_since(now).as_secs().max(1))
+            }
+            _ => None,
+        };
         status
     }
 
@@ -485,7 +456,20 @@ impl TokenSource {
         obtained_at: Instant,
     ) -> Result<(Arc<Token>, NextRefresh), TokenError> {
         let header = bearer(grant.access_token.expose()).ok_or(InvalidResponse::NotHeaderSafe)?;
-        let lifetime = grant.lifetime.unwrap_or(self.policy.token_lifetime);
+        let upstream = &*self.store.key.upstream;
+        let lifetime = match grant.lifetime {
+            Lifetime::Given(lifetime) => lifetime,
+            Lifetime::Unstated => self.policy.token_lifetime,
+            Lifetime::Unusable => {
+                let lifetime = UNUSABLE_EXPIRES_IN_LIFETIME.min(self.policy.token_lifetime);
+                tracing::warn!(
+                    upstream,
+                    lifetime = lifetime.as_secs(),
+                    "the token response's expires_in is not a positive number and the token has no JWT exp; using it briefly"
+                );
+                lifetime
+            }
+        };
         let plan = schedule::plan(
             obtained_at,
             lifetime,
@@ -493,19 +477,17 @@ impl TokenSource {
             fastrand::f64(),
         );
         if plan.lead_capped && self.policy.refresh_before.is_some() {
-            let upstream = &*self.credentials.key.upstream;
             tracing::warn!(
                 upstream,
-                lifetime = seconds(lifetime),
+                lifetime = lifetime.as_secs(),
                 "refresh_before is not shorter than half the token lifetime; refreshing at half-life instead"
             );
         }
-        let (expires_at, refresh_at) = (plan.expires_at, plan.refresh_at);
         let token = Token {
             header,
             obtained_at,
-            expires_at,
-            refresh_at,
+            expires_at: plan.expires_at,
+            refresh_at: plan.refresh_at,
         };
         let next = match (grant.refresh_token, grant.via_refresh) {
             (Some(r), _) => NextRefresh::Replace(r),
@@ -515,56 +497,71 @@ impl TokenSource {
         Ok((Arc::new(token), next))
     }
 
-    fn fail_fast(&self, fingerprint: u64) -> Result<(), TokenError> {
-        let health = self.health();
-        match &health.backoff {
-            Some(b) if b.fingerprint == fingerprint && Instant::now() < b.until => {
-                Err(TokenError::BackingOff {
-                    last: Box::new(b.error.clone()),
-                })
-            }
-            _ => Ok(()),
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every write under this lock leaves the state whole, so a panic elsewhere while it
+        // was held is no reason to refuse all tokens.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Puts the lifecycle back to `Idle` if a token request task ends without finishing.
+struct Abandoned<'a>(Option<&'a TokenSource>);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(source) = self.0 {
+            source.state().lifecycle.abandoned();
+            source.changes.send_replace(());
+        }
+    }
+}
+
+/// What to do with the held refresh token after a successful token request.
+enum NextRefresh {
+    /// A new one came: use it next time.
+    Replace(Secret),
+    /// The refresh worked and brought no new one (NexusHub): the old one still serves.
+    Keep,
+    /// A sign-in brought none: any earlier one was refused or is stale, and must not cost a
+    /// request at every later refresh.
+    Clear,
+}
+
+impl Store {
+    fn get(&self) -> Option<Arc<Token>> {
+        self.cache.cache.get(&self.key)
+    }
+
+    fn put(&self, token: Arc<Token>, next: NextRefresh) {
+        self.cache.cache.insert(self.key.clone(), token);
+        let mut held = self
+            .refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match next {
+            NextRefresh::Replace(r) => *held = Some(r),
+            NextRefresh::Keep => {}
+            NextRefresh::Clear => *held = None,
         }
     }
 
-    fn backoff_until(&self, fingerprint: u64) -> Option<Instant> {
-        let health = self.health();
-        let b = health.backoff.as_ref()?;
-        (b.fingerprint == fingerprint && Instant::now() < b.until).then_some(b.until)
+    /// Removes `used` if it is still the stored token (compare-and-invalidate).
+    fn remove_if(&self, used: &Arc<Token>) {
+        self.cache
+            .cache
+            .entry(self.key.clone())
+            .and_compute_with(|entry| match entry {
+                Some(e) if Arc::ptr_eq(e.value(), used) => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
     }
 
-    fn defer_refresh(&self, until: Instant) {
-        self.next_refresh_ms
-            .store(self.millis(until), Ordering::Relaxed);
+    fn refresh_token(&self) -> Option<Secret> {
+        self.refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
-
-    fn millis(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn health(&self) -> MutexGuard<'_, Health> {
-        // A panic while holding this lock cannot leave Health inconsistent in a way that
-        // matters more than refusing all tokens would.
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Clears a flag when dropped.
-struct ClearOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for ClearOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-/// Whole seconds, for log fields.
-fn seconds(d: Duration) -> u64 {
-    d.as_secs()
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn outcome(result: &Result<(Arc<Token>, NextRefresh), TokenError>) -> FetchOutcome {
@@ -580,7 +577,7 @@ fn error_outcome(e: &TokenError) -> FetchOutcome {
         TokenError::Unavailable { .. } => FetchOutcome::Unavailable,
         TokenError::Invalid(_) | TokenError::Totp(_) => FetchOutcome::Invalid,
         TokenError::Unreachable(_) => FetchOutcome::Unreachable,
-        TokenError::Timeout(_) => FetchOutcome::Timeout,
+        TokenError::Timeout(_) | TokenError::NotInTime { .. } => FetchOutcome::Timeout,
         TokenError::BackingOff { last } => error_outcome(last),
     }
 }
@@ -592,38 +589,31 @@ fn outcome_name(error: Option<&TokenError>) -> &'static str {
 impl Policy {
     fn of(auth: &AuthConfig) -> Policy {
         Policy {
+            rules: Rules {
+                min_refresh_interval: auth.min_refresh_interval,
+                token_wait: auth.token_wait,
+                timeout: auth.timeout,
+            },
             refresh_before: auth.refresh_before,
-            min_refresh_interval: auth.min_refresh_interval,
             token_lifetime: auth.token_lifetime,
-            timeout: auth.timeout,
+            prefetch: auth.prefetch,
         }
     }
 }
 
-impl Credentials {
-    fn new(name: &str, flow: &Flow, hasher: &RandomState) -> Result<Credentials, TokenError> {
-        let fixed = match flow {
-            Flow::Static(token) => {
-                let header = bearer(token.value.expose()).ok_or(InvalidResponse::NotHeaderSafe)?;
-                let now = Instant::now();
-                // Far enough never to matter, near enough not to overflow `Instant`.
-                let never = now + Duration::from_secs(100 * 365 * 24 * 3600);
-                Some(Arc::new(Token {
-                    header,
-                    obtained_at: now,
-                    expires_at: never,
-                    refresh_at: never,
-                }))
-            }
-            _ => None,
-        };
-        Ok(Credentials {
-            key: TokenKey {
-                upstream: name.into(),
-                fingerprint: fingerprint(flow, hasher),
-            },
-            flow: flow.clone(),
-            fixed,
-        })
-    }
+/// The `static` flow's token, ready-made; `None` for the other flows.
+fn fixed_token(flow: &Flow) -> Result<Option<Arc<Token>>, TokenError> {
+    let Flow::Static(token) = flow else {
+        return Ok(None);
+    };
+    let header = bearer(token.value.expose()).ok_or(InvalidResponse::NotHeaderSafe)?;
+    let now = Instant::now();
+    // Far enough never to matter, near enough not to overflow `Instant`.
+    let never = now + Duration::from_secs(100 * 365 * 24 * 3600);
+    Ok(Some(Arc::new(Token {
+        header,
+        obtained_at: now,
+        expires_at: never,
+        refresh_at: never,
+    })))
 }

@@ -23,6 +23,8 @@ pub enum TokenState {
     Live,
     /// The last token expired unused; the next request fetches one.
     Expired,
+    /// The first token (or the next after an expiry) is being obtained.
+    Fetching,
     /// The last token request failed transiently and no live token is held.
     Failing,
     /// The token endpoint refused the current credentials (whether or not a live token remains).
@@ -30,14 +32,12 @@ pub enum TokenState {
 }
 
 impl TokenState {
-    /// Ready means: a request now would get a token, or has not needed one yet.
-    pub fn is_ready(self) -> bool {
+    /// Ready means: a request now would get a token at once. Without `prefetch`, an upstream
+    /// that does not hold one yet is ready too: its first request fetches it.
+    pub fn is_ready(self, prefetch: bool) -> bool {
         match self {
-            TokenState::NotUsed
-            | TokenState::Static
-            | TokenState::Idle
-            | TokenState::Live
-            | TokenState::Expired => true,
+            TokenState::NotUsed | TokenState::Static | TokenState::Live => true,
+            TokenState::Idle | TokenState::Expired | TokenState::Fetching => !prefetch,
             TokenState::Failing | TokenState::CredentialError => false,
         }
     }
@@ -64,6 +64,10 @@ pub struct TokenStatus {
     /// The token URL (or NexusHub's auth URL); none for `static` and `none`.
     pub token_endpoint: Option<String>,
     pub state: TokenState,
+    /// Whether the token is obtained at start-up and kept fresh without traffic.
+    pub prefetch: bool,
+    /// What `/readyz` makes of `state`.
+    pub ready: bool,
     /// Seconds until the live token stops being used.
     pub expires_in_seconds: Option<u64>,
     pub last_fetch: Option<LastFetch>,
@@ -72,11 +76,18 @@ pub struct TokenStatus {
 }
 
 impl TokenStatus {
-    pub(super) fn new(flow: FlowKind, token_endpoint: Option<String>, state: TokenState) -> Self {
+    pub(super) fn new(
+        flow: FlowKind,
+        token_endpoint: Option<String>,
+        state: TokenState,
+        prefetch: bool,
+    ) -> Self {
         TokenStatus {
             flow: flow.name(),
             token_endpoint,
             state,
+            prefetch,
+            ready: state.is_ready(prefetch),
             expires_in_seconds: None,
             last_fetch: None,
             backing_off_seconds: None,
@@ -97,10 +108,16 @@ mod tests {
 
     #[test]
     fn readiness_by_state() {
-        assert!(TokenState::Idle.is_ready());
-        assert!(TokenState::Expired.is_ready());
-        assert!(TokenState::Live.is_ready());
-        assert!(!TokenState::Failing.is_ready());
-        assert!(!TokenState::CredentialError.is_ready());
+        for prefetch in [true, false] {
+            assert!(TokenState::Live.is_ready(prefetch));
+            assert!(TokenState::Static.is_ready(prefetch));
+            assert!(!TokenState::Failing.is_ready(prefetch));
+            assert!(!TokenState::CredentialError.is_ready(prefetch));
+        }
+        // Without a token yet: ready only when the first request is to fetch it.
+        for state in [TokenState::Idle, TokenState::Expired, TokenState::Fetching] {
+            assert!(state.is_ready(false), "{state:?}");
+            assert!(!state.is_ready(true), "{state:?}");
+        }
     }
 }

@@ -42,6 +42,8 @@ max_replay_body = "1000B"
   client_id = {{ file = "{file}" }}
   client_secret = {{ file = "{file}" }}
   timeout = "1500ms"
+  prefetch = false
+  token_wait = "250ms"
 
 [[upstream]]
 name = "nexudus"
@@ -126,6 +128,10 @@ fn presets_are_expanded_defaults_filled_and_secrets_shown_by_source() {
         "retry_on = [401, 403]",
         "listen = \"[::1]:8083\"",
         "# refresh_before: ",
+        "prefetch = true",
+        "prefetch = false",
+        "token_wait = \"5s\"",
+        "token_wait = \"250ms\"",
     ] {
         assert!(printed.contains(expected), "{expected}\n---\n{printed}");
     }

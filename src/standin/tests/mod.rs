@@ -1,10 +1,12 @@
 //! Tests of the stand-ins over loopback TCP with a plain hyper client: the gate (counting,
-//! holding, injected failures, TLS) here, each API's documented behaviour in
-//! `client_credentials` and `user_flows`, the protected API in `protected`.
+//! holding, injected failures, TLS) here, the fault plan and delays in `faults`, each API's
+//! documented behaviour in `client_credentials` and `user_flows`, the protected API in
+//! `protected`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client_credentials;
+mod faults;
 mod protected;
 mod user_flows;
 

@@ -198,3 +198,71 @@ async fn slow_never_answers_until_shutdown() {
     s.shutdown();
     assert!(pending.await.unwrap().is_err());
 }
+
+#[tokio::test]
+async fn seen_records_revocation_epochs_expiry_and_the_request_id() {
+    let (s, first) = with_token().await;
+    let url = format!("{}/things", s.base_url());
+    let with_id = |token: &str, id: &str| {
+        Request::get(&url)
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .header("x-request-id", id)
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(s.revocations(), 0);
+    assert_eq!(send(with_id(&first, "a")).await.status, StatusCode::OK);
+    s.revoke_all();
+    assert_eq!(s.revocations(), 1);
+    assert_eq!(
+        send(with_id(&first, "b")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let second = nuvy_token(&s).await.access_token();
+    assert_eq!(get(&url, Some(&second)).await.status, StatusCode::OK);
+    // The demo's remote control revokes too, and counts as a revocation.
+    let revoke = post(
+        &format!("{}{}", s.base_url(), super::super::REVOKE_PATH),
+        None,
+        &[],
+        "",
+    );
+    assert_eq!(send(revoke).await.status, StatusCode::OK);
+    assert_eq!(s.revocations(), 2);
+    assert_eq!(
+        get(&url, Some(&second)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    s.set_expires_in(Some(0));
+    let expired = nuvy_token(&s).await.access_token();
+    assert_eq!(
+        get(&url, Some(&expired)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get(&url, None).await.status, StatusCode::UNAUTHORIZED);
+
+    let seen = s.seen();
+    let facts: Vec<_> = seen
+        .iter()
+        .map(|x| {
+            (
+                x.request_id(),
+                x.authorized,
+                x.token_epoch,
+                x.revoked,
+                x.expired,
+            )
+        })
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            (Some("a"), true, Some(0), false, false),
+            (Some("b"), false, Some(0), true, false),
+            (None, true, Some(1), false, false),
+            (None, false, Some(1), true, false),
+            (None, false, Some(2), false, true),
+            (None, false, None, false, false),
+        ]
+    );
+}

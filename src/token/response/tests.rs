@@ -25,21 +25,21 @@ fn jwt(claims: &str) -> String {
 fn lenient_success_shapes() {
     let g = ok(r#"{"access_token":"a","token_type":"bearer","expires_in":"3600"}"#).unwrap();
     assert_eq!(g.access_token.expose(), "a");
-    assert_eq!(g.lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(g.lifetime, Lifetime::Given(Duration::from_secs(3600)));
     let g =
         ok(r#"{"access_token":"a","token_type":"BEARER","expires_in":86400,"refresh_token":"r"}"#)
             .unwrap();
-    assert_eq!(g.lifetime, Some(Duration::from_secs(86400)));
+    assert_eq!(g.lifetime, Lifetime::Given(Duration::from_secs(86400)));
     assert_eq!(g.refresh_token.unwrap().expose(), "r");
     let g = ok(r#"{"access_token":"a"}"#).unwrap();
-    assert_eq!(g.lifetime, None);
+    assert_eq!(g.lifetime, Lifetime::Unstated);
 }
 
 #[test]
 fn expiry_falls_back_to_the_jwt_exp_claim() {
     let token = jwt(&format!(r#"{{"sub":"x","exp":{}}}"#, NOW + 1800));
     let g = ok(&format!(r#"{{"access_token":"{token}"}}"#)).unwrap();
-    assert_eq!(g.lifetime, Some(Duration::from_secs(1800)));
+    assert_eq!(g.lifetime, Lifetime::Given(Duration::from_secs(1800)));
     let expired = jwt(&format!(r#"{{"exp":{}}}"#, NOW - 1));
     let err = ok(&format!(r#"{{"access_token":"{expired}"}}"#)).unwrap_err();
     assert!(matches!(
@@ -48,7 +48,22 @@ fn expiry_falls_back_to_the_jwt_exp_claim() {
     ));
     // expires_in wins over exp.
     let g = ok(&format!(r#"{{"access_token":"{token}","expires_in":60}}"#)).unwrap();
-    assert_eq!(g.lifetime, Some(Duration::from_secs(60)));
+    assert_eq!(g.lifetime, Lifetime::Given(Duration::from_secs(60)));
+}
+
+#[test]
+fn an_unusable_expires_in_is_not_taken_as_the_default_lifetime() {
+    for bad in ["0", "-5", "\"soon\"", "\"\"", "true", "[]"] {
+        let g = ok(&format!(r#"{{"access_token":"a","expires_in":{bad}}}"#)).unwrap();
+        assert_eq!(g.lifetime, Lifetime::Unusable, "expires_in {bad}");
+    }
+    // The JWT's own `exp` rescues it.
+    let token = jwt(&format!(r#"{{"exp":{}}}"#, NOW + 600));
+    let g = ok(&format!(r#"{{"access_token":"{token}","expires_in":0}}"#)).unwrap();
+    assert_eq!(g.lifetime, Lifetime::Given(Duration::from_secs(600)));
+    // `null` is as good as absent.
+    let g = ok(r#"{"access_token":"a","expires_in":null}"#).unwrap();
+    assert_eq!(g.lifetime, Lifetime::Unstated);
 }
 
 #[test]
