@@ -16,8 +16,9 @@
 //!   401 and replay once, respond.
 //! - [`headers`]: pure functions over header maps (hop-by-hop, `Authorization`, scope).
 //! - [`body`]: buffer small request bodies for replay, stream the rest.
-//! - [`token`]: the token lifecycle — moka cache, single flight, refresh ahead, backoff — and
-//!   the token requests of each flow.
+//! - [`token`]: the token lifecycle — a state machine per upstream (single flight, refresh
+//!   ahead, backoff, `token_wait`, `prefetch`) over the moka cache — and the token requests of
+//!   each flow.
 //! - [`client`]: the pooled HTTPS client (rustls, HTTP/1.1 and h2 by ALPN).
 //! - [`error`]: the sidecar's own failures and their JSON responses.
 //! - [`metrics`]: Prometheus metrics, recorded without locks.

@@ -14,18 +14,6 @@ use support::*;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-/// [`support::pair`] with `prefetch = false`: these tests are about what requests set off, so
-/// no token request may happen before the test has set the stand-in up (`prefetch` has its
-/// own tests in `resilience.rs`).
-async fn pair(api: Api, upstream_extra: &str, auth_extra: &str) -> (StandIn, Running) {
-    support::pair(
-        api,
-        upstream_extra,
-        &format!("{auth_extra}\nprefetch = false"),
-    )
-    .await
-}
-
 /// `n` concurrent GETs of `url`; the replies in completion order.
 async fn burst(http: &Http, url: &str, n: usize) -> Vec<Reply> {
     let mut set = JoinSet::new();
@@ -66,7 +54,7 @@ fn token_error(reply: &Reply, status: StatusCode) -> serde_json::Value {
 
 #[tokio::test]
 async fn sequential_requests_share_one_token() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     let http = Http::default();
     for i in 0..100 {
         let reply = http.get(&r.url("api", &format!("/v1/items/{i}"))).await;
@@ -84,7 +72,7 @@ async fn sequential_requests_share_one_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_burst_makes_one_token_request() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     let replies = timeout(
         PATIENCE,
         burst(&Http::default(), &r.url("api", "/v1/x"), 200),
@@ -100,7 +88,7 @@ async fn cold_start_burst_makes_one_token_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_burst_waits_for_a_held_token_request() {
     // The token endpoint holds the first request, so the whole burst piles up behind it.
-    let (s, r) = pair(Api::Quantoz, "", "").await;
+    let (s, r) = pair_on_demand(Api::Quantoz, "", "").await;
     s.hold_token_requests(true);
     let (http, url) = (Http::default(), r.url("api", "/v1/x"));
     let task = tokio::spawn(async move { burst(&http, &url, 100).await });
@@ -255,7 +243,7 @@ async fn wrong_credentials_fail_fast_with_the_endpoint_code_quantoz() {
 
 #[tokio::test]
 async fn rotated_credentials_at_the_endpoint_are_reported_not_retried() {
-    let (s, r) = pair(Api::NuvyLegacy, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyLegacy, "", "").await;
     s.set_credentials(Credentials::new("someone-else", "other"));
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -269,7 +257,7 @@ async fn rotated_credentials_at_the_endpoint_are_reported_not_retried() {
 #[tokio::test]
 async fn a_5xx_from_the_token_endpoint_is_503_and_backs_off() {
     // token_wait = 0: the request does not wait for the backoff to end (the old rule).
-    let (s, r) = pair(Api::NuvyNexus, "", "token_wait = \"0s\"").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "token_wait = \"0s\"").await;
     s.fail_token_requests(usize::MAX, Failure::Status(503));
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -294,7 +282,7 @@ async fn a_5xx_from_the_token_endpoint_is_503_and_backs_off() {
 
 #[tokio::test]
 async fn a_429_from_the_token_endpoint_honours_retry_after() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     s.fail_token_requests(
         1,
         Failure::TooManyRequests {
@@ -317,7 +305,7 @@ async fn a_429_from_the_token_endpoint_honours_retry_after() {
 
 #[tokio::test]
 async fn a_501_grant_not_enabled_is_a_credential_error() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     s.disable_grant(true);
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -361,7 +349,7 @@ async fn a_token_endpoint_that_closes_the_connection_is_a_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_queued_behind_a_failed_token_request_fail_fast() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     s.fail_token_requests(
         usize::MAX,
         Failure::TooManyRequests {
@@ -430,7 +418,7 @@ async fn a_failing_refresh_ahead_keeps_the_live_token_in_use() {
 }
 
 async fn nonsense_200(failure: Failure, expect: &str) {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     s.fail_token_requests(1, failure);
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -459,7 +447,7 @@ async fn a_200_without_access_token_is_a_502_with_a_clear_description() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_401_upstream_costs_one_token_request_per_interval_1h() {
-    let (s, r) = pair(Api::NuvyNexus, "", "min_refresh_interval = \"1h\"").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "min_refresh_interval = \"1h\"").await;
     s.set_api_always_401(true);
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -483,7 +471,7 @@ async fn an_always_401_upstream_costs_one_token_request_per_interval_1h() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_401_upstream_costs_one_token_request_per_interval_300ms() {
-    let (s, r) = pair(Api::NuvyNexus, "", "min_refresh_interval = \"300ms\"").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "min_refresh_interval = \"300ms\"").await;
     s.set_api_always_401(true);
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -521,7 +509,7 @@ async fn a_loaded_sidecar_stays_under_the_quantoz_rate_limit() {
     // Every token is revoked before each burst of 30: the sidecar would re-authenticate on
     // every burst if the default `min_refresh_interval` (1 s) did not hold it back. The run
     // lasts past the first interval so re-authentication does happen.
-    let (s, r) = pair(Api::Quantoz, "", "").await;
+    let (s, r) = pair_on_demand(Api::Quantoz, "", "").await;
     let http = Http::default();
     let url = r.url("api", "/v1/x");
     let start = Instant::now();

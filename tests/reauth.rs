@@ -22,18 +22,6 @@ use support::*;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-/// [`support::pair`] with `prefetch = false`: these tests are about what requests set off, so
-/// no token request may happen before the test has set the stand-in up (`prefetch` has its
-/// own tests in `resilience.rs`).
-async fn pair(api: Api, upstream_extra: &str, auth_extra: &str) -> (StandIn, Running) {
-    support::pair(
-        api,
-        upstream_extra,
-        &format!("{auth_extra}\nprefetch = false"),
-    )
-    .await
-}
-
 /// Lets a token be replaced as soon as it is rejected.
 const NO_RATE_LIMIT: &str = "min_refresh_interval = \"0s\"";
 /// Tags each application request so its upstream attempts can be told apart.
@@ -41,7 +29,7 @@ const REQ_ID: &str = "x-req-id";
 
 /// A primed pair: one request went through, so the sidecar holds token #0.
 async fn primed(upstream_extra: &str, auth_extra: &str) -> (StandIn, Running, Http) {
-    let (s, r) = pair(Api::NuvyNexus, upstream_extra, auth_extra).await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, upstream_extra, auth_extra).await;
     let http = Http::default();
     let reply = http.get(&r.url("api", "/prime")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -372,7 +360,7 @@ async fn a_403_is_not_retried_by_default() {
 async fn a_late_401_for_an_old_token_does_not_drop_the_newer_one() {
     // Y streams a body too large to replay and carries token A; meanwhile A is revoked and X
     // replaces it with B. When Y's 401 finally arrives, the cache holds B, which must stay.
-    let (s, r) = pair(Api::NuvyNexus, "max_replay_body = \"1KiB\"", NO_RATE_LIMIT).await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "max_replay_body = \"1KiB\"", NO_RATE_LIMIT).await;
     let http = Http::default();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let half = Bytes::from(vec![b'y'; 2048]);

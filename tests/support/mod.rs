@@ -138,6 +138,21 @@ pub async fn pair(api: Api, upstream_extra: &str, auth_extra: &str) -> (StandIn,
     (s, r)
 }
 
+/// [`pair`] with `prefetch = false`, for tests of what requests set off: no token request may
+/// happen before the test has set the stand-in up.
+pub async fn pair_on_demand(
+    api: Api,
+    upstream_extra: &str,
+    auth_extra: &str,
+) -> (StandIn, Running) {
+    pair(
+        api,
+        upstream_extra,
+        &format!("{auth_extra}\nprefetch = false"),
+    )
+    .await
+}
+
 /// What came back from the sidecar.
 #[derive(Debug)]
 pub struct Reply {
