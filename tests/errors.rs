@@ -23,7 +23,7 @@ fn static_toml(target: &str, upstream_extra: &str) -> String {
 
 #[tokio::test]
 async fn connect_is_refused_with_405() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     let reply = raw(
         r.addr("api"),
         b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
@@ -37,7 +37,7 @@ async fn connect_is_refused_with_405() {
 
 #[tokio::test]
 async fn absolute_form_for_another_host_is_refused() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     let reply = raw(
         r.addr("api"),
         b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n",
@@ -53,7 +53,7 @@ async fn absolute_form_for_another_host_is_refused() {
 
 #[tokio::test]
 async fn absolute_form_naming_the_sidecar_is_forwarded() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     let own = r.addr("api");
     let reply = raw(
         own,
@@ -74,7 +74,7 @@ async fn absolute_form_naming_the_sidecar_is_forwarded() {
 
 #[tokio::test]
 async fn rejected_credentials_are_502_with_the_token_error() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     // The API rotated the secret; the sidecar still holds the old one.
     s.set_credentials(Credentials::new("id-nuvy-nexus", "rotated"));
     let reply = Http::default().get(&r.url("api", "/v1/x")).await;
@@ -87,7 +87,8 @@ async fn rejected_credentials_are_502_with_the_token_error() {
 async fn an_unreachable_token_endpoint_is_503() {
     let s = standin(Api::NuvyNexus).await;
     let port = closed_port().await;
-    let toml = upstream_toml("api", &s, "", "").replace(
+    // On demand, and failing at once rather than waiting out the backoff.
+    let toml = upstream_toml("api", &s, "", "prefetch = false\ntoken_wait = \"0s\"").replace(
         &s.token_url(),
         &format!("http://127.0.0.1:{port}/oauth2/token"),
     );
@@ -130,7 +131,7 @@ async fn a_dead_upstream_behind_a_real_token_endpoint_is_502() {
 
 #[tokio::test]
 async fn a_slow_upstream_is_504() {
-    let (s, r) = pair(Api::NuvyNexus, "request_timeout = \"300ms\"", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "request_timeout = \"300ms\"", "").await;
     let reply = Http::default().get(&r.url("api", "/slow")).await;
     let json = assert_error(&reply, 504, "upstream_timeout", "api", &s.issued_tokens());
     assert!(json["error_description"]
@@ -142,7 +143,7 @@ async fn a_slow_upstream_is_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_gets_400_and_other_connections_keep_working() {
-    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let (s, r) = pair_on_demand(Api::NuvyNexus, "", "").await;
     let addr = r.addr("api");
     // A keep-alive connection opened before the garbage, used before and after it.
     let mut before = tokio::net::TcpStream::connect(addr).await.unwrap();

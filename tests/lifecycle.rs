@@ -106,7 +106,7 @@ async fn cold_start_burst_waits_for_a_held_token_request() {
 async fn refresh_ahead_runs_in_the_background_while_the_live_token_serves() {
     // 10 s tokens with a `refresh_before` longer than that: capped, the refresh is due at
     // half-life (4.5 s), which leaves 4.5 s of live token while the refresh is held.
-    let (s, r) = pair(
+    let (s, r) = pair_on_demand(
         Api::NuvyNexus,
         "",
         "refresh_before = \"1h\"\nmin_refresh_interval = \"0s\"",
@@ -174,7 +174,7 @@ async fn refresh_ahead_runs_in_the_background_while_the_live_token_serves() {
 async fn tokens_roll_over_across_real_expiries() {
     let s = standin(Api::NuvyNexus).await;
     s.set_expires_in(Some(2));
-    let r = sidecar(&upstream_toml("api", &s, "", "")).await;
+    let r = sidecar(&upstream_toml("api", &s, "", "prefetch = false")).await;
     let http = Http::default();
     let url = r.url("api", "/v1/x");
     // A steady client: one request every 20 ms until the fourth token has been issued.
@@ -212,8 +212,10 @@ async fn tokens_roll_over_across_real_expiries() {
 async fn wrong_credentials(api: Api, code: &str) {
     let s = standin(api).await;
     let good = credentials(api).secret;
-    let toml = upstream_toml("api", &s, "", "").replace(&good, &format!("{SECRET_MARK}-wrong"));
-    assert_ne!(toml, upstream_toml("api", &s, "", ""));
+    let on_demand = "prefetch = false";
+    let toml =
+        upstream_toml("api", &s, "", on_demand).replace(&good, &format!("{SECRET_MARK}-wrong"));
+    assert_ne!(toml, upstream_toml("api", &s, "", on_demand));
     let r = sidecar(&toml).await;
     let http = Http::default();
     let url = r.url("api", "/v1/x");
@@ -317,7 +319,7 @@ async fn a_501_grant_not_enabled_is_a_credential_error() {
 }
 
 async fn unreachable_endpoint(failure: Failure, expect: &str) {
-    let (s, r) = pair(
+    let (s, r) = pair_on_demand(
         Api::NuvyNexus,
         "",
         "timeout = \"500ms\"\ntoken_wait = \"0s\"",
@@ -375,7 +377,7 @@ async fn requests_queued_behind_a_failed_token_request_fail_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_ahead_keeps_the_live_token_in_use() {
     // 10 s tokens: the (capped) refresh is due at half-life, 4.5 s in.
-    let (s, r) = pair(
+    let (s, r) = pair_on_demand(
         Api::NuvyNexus,
         "",
         "refresh_before = \"1h\"\nmin_refresh_interval = \"0s\"",

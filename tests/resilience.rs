@@ -85,21 +85,27 @@ async fn a_failed_refresh_is_retried_before_the_token_retires() {
         5,
         "one, three failed refreshes, one good"
     );
-    // The last request before the new token still carried the first one: it never retired.
+    // Up to the new token, every request carried the first one: it never retired.
     let seen = s.seen();
     assert!(seen.iter().all(|x| x.authorized));
-    assert!(seen
+    let second = &s.issued_tokens()[1];
+    let switch = seen
         .iter()
-        .any(|x| x.token.as_deref() == Some(first.as_str())));
+        .position(|x| x.token.as_ref() == Some(second))
+        .unwrap_or(seen.len());
+    assert!(switch > 1, "requests were made on the first token");
+    assert!(seen[..switch]
+        .iter()
+        .all(|x| x.token.as_deref() == Some(first.as_str())));
     assert!(served > 0);
 }
 
 #[tokio::test]
 async fn a_request_waits_for_a_backoff_that_ends_within_token_wait() {
-    let (s, r) = pair(Api::NuvyNexus, "", "prefetch = false").await;
+    let (s, r) = pair(Api::NuvyNexus, "", "prefetch = false\ntoken_wait = \"10s\"").await;
     s.fail_token_requests(2, Failure::Status(500));
     let reply = Http::default().get(&r.url("api", "/v1/x")).await;
-    // Two failures (backoff about 1 s, then 2 s) end within the default 5 s: served.
+    // Two failures (backoff about 1 s, then 2 s) end within token_wait: served.
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(s.token_requests(), 3);
     assert_eq!(s.api_requests(), 1);
@@ -127,8 +133,13 @@ async fn a_request_fails_at_once_when_the_backoff_ends_after_token_wait() {
 
 #[tokio::test]
 async fn a_401_on_a_young_token_is_held_and_replayed_with_a_fresh_one() {
-    // The default interval (1 s) is well within the default token_wait (5 s).
-    let (s, r) = pair(Api::NuvyNexus, "", "prefetch = false").await;
+    // An interval long enough that the 401 surely meets a young token, within token_wait.
+    let (s, r) = pair(
+        Api::NuvyNexus,
+        "",
+        "prefetch = false\nmin_refresh_interval = \"3s\"\ntoken_wait = \"10s\"",
+    )
+    .await;
     let http = Http::default();
     let url = r.url("api", "/v1/x");
     assert_eq!(http.get(&url).await.status, 200);

@@ -147,8 +147,9 @@ pub struct AuthConfig {
     /// `true`: obtain the token at start-up and keep it fresh without traffic; `false`: obtain
     /// it on the first request. Meaningful only for flows that fetch tokens.
     pub prefetch: bool,
-    /// How long an application request with no live token may wait for a token request to
-    /// finish; zero fails at once. At most [`MAX_TOKEN_WAIT`].
+    /// How long an application request with no live token may wait for a backoff or the rate
+    /// limit to end; zero: not at all (a token request already in flight is always awaited, up
+    /// to its `timeout`). At most [`MAX_TOKEN_WAIT`].
     pub token_wait: Duration,
 }
 

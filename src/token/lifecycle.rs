@@ -39,8 +39,11 @@ const RETRY_SHARE_OF_REMAINING: f64 = 0.25;
 /// remaining life shrinks with each attempt, and the attempts must not.
 const RETRY_FLOOR: Duration = Duration::from_millis(100);
 /// A waiter gives up on a token request in flight this long after that request's own
-/// `timeout` should have ended it: a margin for the token task being scheduled late.
+/// `timeout`s should have ended it: a margin for the token task being scheduled late.
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
+/// One token request may make this many exchanges, each bounded by `timeout`: the password and
+/// NexusHub flows try their refresh token first and sign in again when it is refused.
+const EXCHANGES_PER_REQUEST: u32 = 2;
 
 /// What made a token request happen; named in the token event logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +190,7 @@ impl Lifecycle {
             // Sent (or about to be): awaited to its own end even past `token_wait`, since its
             // waiters are bounded by its `timeout` and its answer is the best one to give.
             Phase::Fetching { at } => {
-                let ends_by = *at + self.rules.timeout + IN_FLIGHT_GRACE;
+                let ends_by = self.ends_by(*at);
                 match now < ends_by {
                     true => Step::Wait(ends_by),
                     false => Step::Fail(self.not_in_time()),
@@ -198,7 +201,10 @@ impl Lifecycle {
             {
                 Step::Start(self.start(now, trigger))
             }
-            Phase::BackingOff { retry_at, .. } if *retry_at <= deadline => Step::Wait(*retry_at),
+            // The next request goes at the end of the backoff, or of the rate limit if later.
+            Phase::BackingOff { retry_at, .. } if self.earliest_send(*retry_at) <= deadline => {
+                Step::Wait(*retry_at)
+            }
             // A request that saw the failure happen gets it as it is; later ones learn that
             // it is being backed off from.
             Phase::BackingOff { since, error, .. } | Phase::Failed { since, error, .. }
@@ -260,7 +266,7 @@ impl Lifecycle {
     pub fn keep(&mut self, held: Option<&Arc<Token>>, now: Instant) -> Result<Fetch, Instant> {
         if let Phase::Fetching { at, .. } = &self.phase {
             // Its end changes the phase, which wakes the keeper; the instant is only a backstop.
-            let ends_by = *at + self.rules.timeout + IN_FLIGHT_GRACE;
+            let ends_by = self.ends_by(*at);
             return Err(ends_by.max(now + RETRY_FLOOR));
         }
         if let Some(token) = held.filter(|t| t.is_live(now)) {
@@ -290,6 +296,9 @@ impl Lifecycle {
     /// The token request started by a [`Fetch`] is being sent now.
     pub fn sent(&mut self, now: Instant) {
         self.last_sent = Some(now);
+        if let Phase::Fetching { at } = &mut self.phase {
+            *at = now;
+        }
     }
 
     /// The token request ended. On failure `held` is the token still in the store: while it
@@ -350,15 +359,25 @@ impl Lifecycle {
 
     /// Moves to `Fetching`, sent as soon as the rate limit allows.
     fn start(&mut self, now: Instant, trigger: Trigger) -> Fetch {
-        let allowed = self
-            .last_sent
-            .map_or(now, |last| last + self.rules.min_refresh_interval);
         let fetch = Fetch {
-            at: allowed.max(now),
+            at: self.earliest_send(now),
             trigger,
         };
         self.phase = Phase::Fetching { at: fetch.at };
         fetch
+    }
+
+    /// By when a token request sent at `at` has ended, whatever it met.
+    fn ends_by(&self, at: Instant) -> Instant {
+        at + self.rules.timeout * EXCHANGES_PER_REQUEST + IN_FLIGHT_GRACE
+    }
+
+    /// When a token request could be sent at the earliest, `not_before` and the rate limit
+    /// allowing.
+    fn earliest_send(&self, not_before: Instant) -> Instant {
+        self.last_sent.map_or(not_before, |last| {
+            not_before.max(last + self.rules.min_refresh_interval)
+        })
     }
 
     fn not_in_time(&self) -> TokenError {

@@ -255,6 +255,7 @@ impl TokenSource {
                     Rejection::Wait(until) => Step::Wait(until),
                     Rejection::Renew => {
                         self.store.remove_if(used);
+                        self.changes.send_replace(());
                         state
                             .lifecycle
                             .demand(None, Trigger::Rejected, arrived, now)
@@ -326,15 +327,17 @@ impl TokenSource {
             // Should the task end early (runtime shutdown, a panic), the lifecycle must not
             // stay `Fetching` for good.
             let mut guard = Abandoned(Some(&this));
-            this.fetch(fetch).await;
-            guard.0 = None;
+            if this.fetch(fetch).await {
+                guard.0 = None;
+            }
         });
     }
 
     /// Sends one token request when the rate limit allows, and records what came of it.
-    async fn fetch(&self, fetch: Fetch) {
+    /// Returns whether it did (`static` and `none` have no endpoint and never start one).
+    async fn fetch(&self, fetch: Fetch) -> bool {
         let Some(endpoint) = Endpoint::of(&self.flow) else {
-            return; // `static` and `none` never start one.
+            return false;
         };
         tokio::time::sleep_until(fetch.at).await;
         let started = Instant::now();
@@ -403,6 +406,7 @@ impl TokenSource {
             }
         }
         self.changes.send_replace(());
+        true
     }
 
     /// A snapshot for `/status` and `/readyz`.
@@ -482,6 +486,11 @@ impl TokenSource {
                 lifetime = lifetime.as_secs(),
                 "refresh_before is not shorter than half the token lifetime; refreshing at half-life instead"
             );
+        }
+        if plan.expires_at <= Instant::now() {
+            // Dead on arrival (a lifetime shorter than the trip, or its safety margin): taking
+            // it would make every waiter start another token request at once, with no backoff.
+            return Err(InvalidResponse::AlreadyExpired.into());
         }
         let token = Token {
             header,
@@ -616,4 +625,52 @@ fn fixed_token(flow: &Flow) -> Result<Option<Arc<Token>>, TokenError> {
         expires_at: never,
         refresh_at: never,
     })))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store {
+            cache: TokenCache::default(),
+            key: TokenKey {
+                upstream: "api".into(),
+                fingerprint: 7,
+            },
+            refresh_token: Mutex::new(None),
+        }
+    }
+
+    fn token() -> Arc<Token> {
+        Arc::new(Token::for_test(
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::from_secs(50),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_removes_only_the_very_token_it_saw() {
+        let store = store();
+        let (old, new) = (token(), token());
+        store.put(Arc::clone(&new), NextRefresh::Keep);
+        // A late rejection of an older token leaves the newer one alone...
+        store.remove_if(&old);
+        assert!(Arc::ptr_eq(&store.get().unwrap(), &new));
+        // ...and the rejection of the held one removes it.
+        store.remove_if(&new);
+        assert!(store.get().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refresh_token_follows_what_each_grant_says() {
+        let store = store();
+        store.put(token(), NextRefresh::Replace(Secret::new("r1")));
+        store.put(token(), NextRefresh::Keep);
+        assert_eq!(store.refresh_token().unwrap().expose(), "r1");
+        store.put(token(), NextRefresh::Clear);
+        assert!(store.refresh_token().is_none());
+    }
 }

@@ -99,7 +99,11 @@ async fn single_flight_one_start_and_everyone_else_waits() {
     for _ in 0..100 {
         // In flight: waited for up to its own timeout, even past token_wait.
         let until = wait_until(lc.demand(None, Trigger::Demand, arrived, now()));
-        assert_eq!(until, now() + S(10) + IN_FLIGHT_GRACE);
+        assert_eq!(
+            until,
+            now() + S(20) + IN_FLIGHT_GRACE,
+            "two exchanges of 10 s"
+        );
     }
     lc.sent(now());
     tokio::time::advance(MS(300)).await;
@@ -144,7 +148,7 @@ async fn a_request_in_flight_that_never_ends_is_given_up() {
     let mut lc = Lifecycle::new(rules());
     let arrived = now();
     let _ = lc.demand(None, Trigger::Demand, arrived, now());
-    tokio::time::advance(S(11) + IN_FLIGHT_GRACE).await;
+    tokio::time::advance(S(21) + IN_FLIGHT_GRACE).await;
     let error = failure(lc.demand(None, Trigger::Demand, arrived, now()));
     assert!(matches!(error, TokenError::NotInTime { token_wait } if token_wait == S(5)));
     // A task that died (runtime shutdown, panic) lets the next decision start another.
@@ -182,6 +186,21 @@ async fn a_deferred_request_past_token_wait_fails_at_once() {
     let error = failure(lc.demand(None, Trigger::Demand, arrived, now()));
     assert!(matches!(error, TokenError::NotInTime { .. }), "{error}");
     assert!(error.is_transient(), "a 503, not a 502");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_that_ends_in_time_is_not_waited_for_when_the_rate_limit_ends_later() {
+    let rules = Rules {
+        min_refresh_interval: S(30),
+        ..rules()
+    };
+    let mut lc = Lifecycle::new(rules);
+    let _ = lc.demand(None, Trigger::Demand, now(), now());
+    let retry_at = fail(&mut lc, &unavailable(None), None);
+    assert!(retry_at - now() <= S(1));
+    tokio::time::advance(MS(10)).await;
+    // The backoff ends in 1 s, but the next request may only go 30 s after the last.
+    failure(lc.demand(None, Trigger::Demand, now(), now()));
 }
 
 // --- backoff ------------------------------------------------------------------------------
@@ -307,7 +326,7 @@ async fn a_failed_refresh_is_retried_before_the_token_retires() {
         lc.sent(now());
         lc.finished(Err(&unavailable(None)), None, now(), 0.0);
     }
-    lc.refresh_due(&held, now());
+    // The fourth failure, of the refresh, while the token still has 900 ms to live.
     let retry_at = fail(&mut lc, &unavailable(Some(S(30))), Some(&held));
     // 900 ms of life left: the retry comes after a quarter of it, capped by the interval (1 s)
     // from below... which here is past the end, so the floor is the interval itself.
