@@ -457,8 +457,8 @@ impl Sidecar {
             Some(previous) if same_client && previous.tokens.serves(&u.auth) => {
                 Arc::clone(&previous.tokens)
             }
-            _ => Arc::new(
-                TokenSource::new(
+            previous => {
+                let source = TokenSource::new(
                     &u.name,
                     &u.auth,
                     self.cache.clone(),
@@ -468,8 +468,12 @@ impl Sidecar {
                 .map_err(|source| StartError::Token {
                     upstream: u.name.clone(),
                     source,
-                })?,
-            ),
+                })?;
+                if let Some(previous) = previous {
+                    source.inherit(&previous.tokens);
+                }
+                Arc::new(source)
+            }
         };
         Ok((
             Upstream::new(u, addr, tokens, client.clone(), metrics),

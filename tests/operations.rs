@@ -524,3 +524,43 @@ async fn a_refused_secret_file_waits_for_new_content_then_applies() {
     http.get(&format!("{}/v1/new", ops.app)).await;
     assert_eq!(s.seen().last().unwrap().token.as_deref(), Some("tok-2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_keeps_the_credentials_keeps_the_backoff() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("inherit");
+    write_credentials(&dir, &credentials(Api::NuvyNexus));
+    let path = dir.join("config.toml");
+    replace(&path, &file_config(&s, &dir, ""));
+    let config = Config::load(&path).unwrap();
+    let mut ops = start(&config, Some(path.clone())).await;
+    let http = Http::default();
+    s.fail_token_requests(
+        1,
+        nexus_sidecar::standin::Failure::TooManyRequests {
+            retry_after_secs: 30,
+        },
+    );
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 503);
+    assert_eq!(s.token_requests(), 1);
+
+    // A new connect_timeout builds a new client, and so a new token source, for the same
+    // credentials: it takes over the 30 s the endpoint asked for.
+    replace(&path, &file_config(&s, &dir, "connect_timeout = \"3s\""));
+    ops.reload.send(()).await.unwrap();
+    applied(&mut ops, 1).await;
+    let reply = http.get(&format!("{}/v1/x", ops.app)).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(
+        s.token_requests(),
+        1,
+        "the endpoint is not asked before its Retry-After"
+    );
+    let status = http.get(&format!("{}/status", ops.admin)).await.json();
+    assert!(
+        status["upstreams"][0]["backing_off_seconds"]
+            .as_u64()
+            .unwrap()
+            > 1
+    );
+}

@@ -165,6 +165,18 @@ impl Lifecycle {
         &self.phase
     }
 
+    /// Takes over `previous`'s history (a reload replaced its source, the credentials stayed):
+    /// its backoff, failures and rate limit carry over under this lifecycle's rules. A token
+    /// request it has in flight is not ours to wait for; the rate limit spaces our next one.
+    pub fn inherit(&mut self, previous: &Lifecycle) {
+        self.phase = match &previous.phase {
+            Phase::Fetching { .. } => Phase::Idle,
+            phase => phase.clone(),
+        };
+        self.failures = previous.failures;
+        self.last_sent = previous.last_sent;
+    }
+
     /// Consecutive failed token requests.
     pub fn failures(&self) -> u32 {
         self.failures

@@ -179,6 +179,27 @@ impl TokenSource {
             && self.store.key.fingerprint == fingerprint(&auth.flow, &self.store.cache.hasher)
     }
 
+    /// Takes over `previous`'s backoff, rate limit, last outcome and refresh token when both
+    /// obtain the very same tokens (a reload changed a timing rule or the client): a reload
+    /// must neither hurry a failing endpoint nor sign in again. Call before [`start`].
+    ///
+    /// [`start`]: TokenSource::start
+    pub fn inherit(&self, previous: &TokenSource) {
+        if previous.store.key != self.store.key {
+            return;
+        }
+        let refresh = previous.store.refresh_token();
+        *self
+            .store
+            .refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = refresh;
+        let theirs = previous.state();
+        let mut ours = self.state();
+        ours.lifecycle.inherit(&theirs.lifecycle);
+        ours.last.clone_from(&theirs.last);
+    }
+
     /// This source is being replaced (reload): stop its keeper, and drop its token from the
     /// cache unless `successor` would use the very same one (only a timing rule changed).
     pub fn retire(&self, successor: Option<&TokenSource>) {

@@ -434,6 +434,36 @@ async fn renewing_after_a_rejection_joins_a_refresh_in_flight() {
     assert!(matches!(step, Step::Wait(_)), "{step:?}");
 }
 
+// --- reload -------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_successor_inherits_the_backoff_and_the_rate_limit() {
+    let mut old = Lifecycle::new(rules());
+    let _ = old.demand(None, Trigger::Demand, now(), now());
+    let retry_at = fail(&mut old, &unavailable(Some(S(30))), None);
+    let mut new = Lifecycle::new(Rules {
+        token_wait: S(60),
+        ..rules()
+    });
+    new.inherit(&old);
+    // Still backing off; under the new token_wait the request now waits for it.
+    assert_eq!(
+        wait_until(new.demand(None, Trigger::Demand, now(), now())),
+        retry_at
+    );
+    // A request in flight in the old source is not the new one's: it may start its own, but
+    // only once the rate limit allows.
+    let mut old = fetched_once(rules());
+    let sent = now();
+    let _ = old.demand(None, Trigger::Demand, now(), now());
+    let mut new = Lifecycle::new(rules());
+    new.inherit(&old);
+    match new.demand(None, Trigger::Demand, now(), now()) {
+        Step::Start(fetch) => assert_eq!(fetch.at, sent + S(1)),
+        step => panic!("{step:?}"),
+    }
+}
+
 // --- prefetch (the keeper) ----------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
