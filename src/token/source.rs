@@ -448,6 +448,7 @@ impl TokenSource {
             (_, Some(_)) => TokenState::Live,
             (Phase::BackingOff { .. }, None) => TokenState::Failing,
             (Phase::Fetching { .. }, None) if failed_last => TokenState::Failing,
+            (Phase::Fetching { .. }, None) if state.last.is_some() => TokenState::Renewing,
             (Phase::Fetching { .. }, None) => TokenState::Fetching,
             (Phase::Idle, None) if state.last.is_some() => TokenState::Expired,
             (Phase::Idle, None) => TokenState::Idle,

@@ -23,8 +23,10 @@ pub enum TokenState {
     Live,
     /// The last token expired unused; the next request fetches one.
     Expired,
-    /// The first token (or the next after an expiry) is being obtained.
+    /// The first token is being obtained.
     Fetching,
+    /// A token request is replacing one that expired or was rejected (a token was held).
+    Renewing,
     /// The last token request failed transiently and no live token is held.
     Failing,
     /// The token endpoint refused the current credentials (whether or not a live token remains).
@@ -32,12 +34,18 @@ pub enum TokenState {
 }
 
 impl TokenState {
-    /// Ready means: a request now would get a token at once. Without `prefetch`, an upstream
-    /// that does not hold one yet is ready too: its first request fetches it.
+    /// Ready means: a request now would get a token at once, or within a moment from a token
+    /// endpoint that is answering. Without `prefetch`, an upstream that has not had a token yet
+    /// is ready too: its first request fetches it. A revoked or expired token being replaced
+    /// does not make a pod unready: that would pull it out of service on every revocation.
     pub fn is_ready(self, prefetch: bool) -> bool {
         match self {
-            TokenState::NotUsed | TokenState::Static | TokenState::Live => true,
-            TokenState::Idle | TokenState::Expired | TokenState::Fetching => !prefetch,
+            TokenState::NotUsed
+            | TokenState::Static
+            | TokenState::Live
+            | TokenState::Expired
+            | TokenState::Renewing => true,
+            TokenState::Idle | TokenState::Fetching => !prefetch,
             TokenState::Failing | TokenState::CredentialError => false,
         }
     }
@@ -115,9 +123,13 @@ mod tests {
             assert!(!TokenState::CredentialError.is_ready(prefetch));
         }
         // Without a token yet: ready only when the first request is to fetch it.
-        for state in [TokenState::Idle, TokenState::Expired, TokenState::Fetching] {
+        for state in [TokenState::Idle, TokenState::Fetching] {
             assert!(state.is_ready(false), "{state:?}");
             assert!(!state.is_ready(true), "{state:?}");
+        }
+        // Between two tokens of an endpoint that answers: ready either way.
+        for state in [TokenState::Expired, TokenState::Renewing] {
+            assert!(state.is_ready(false) && state.is_ready(true), "{state:?}");
         }
     }
 }
