@@ -10,18 +10,16 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, VARY};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use crate::proxy::Upstream;
 
 const JSON: &str = "application/json";
-/// The OpenMetrics text format prometheus-client writes; Prometheus negotiates it.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin endpoints look at.
 #[derive(Debug)]
@@ -69,7 +67,7 @@ pub async fn handle(
         "/healthz" => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         "/readyz" => readyz(&admin),
         "/status" => status(&admin),
-        "/metrics" => metrics(&admin),
+        "/metrics" => metrics(&admin, request.headers()),
         _ => reply(
             StatusCode::NOT_FOUND,
             JSON,
@@ -127,14 +125,26 @@ fn status(admin: &Admin) -> Response<Full<Bytes>> {
     )
 }
 
-fn metrics(admin: &Admin) -> Response<Full<Bytes>> {
+/// Prometheus text format 0.0.4, or OpenMetrics when the scraper's `Accept` prefers it.
+fn metrics(admin: &Admin, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    let format = Format::negotiate(
+        headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     // The expiry gauge is a reading of now, so it is taken at scrape time.
     for u in admin.upstreams().iter() {
         let seconds = u.tokens.status().expires_in_seconds.unwrap_or(0);
         u.metrics.set_token_expiry(seconds as f64);
     }
-    match admin.metrics.encode() {
-        Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
+    match admin.metrics.encode(format) {
+        Ok(text) => {
+            let mut r = reply(StatusCode::OK, format.content_type(), text);
+            r.headers_mut()
+                .insert(VARY, HeaderValue::from_static("accept"));
+            r
+        }
         Err(_) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             JSON,

@@ -4,14 +4,86 @@
 //! the limit is kept whole so a 401 can be answered by replaying it byte for byte; a larger one
 //! (or one whose declared length is larger) streams through untouched, after the prefix that
 //! was read. Response bodies are never buffered and do not pass through here.
+//!
+//! Two `[limits]` hold here: all replay buffers together stay within `max_buffered` (past it,
+//! bodies stream without replay, as large ones do), and a body that stops arriving for
+//! `body_read_timeout` ends its request, whether it was being buffered or streamed.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::{Limit, Metrics};
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Read(#[from] hyper::Error),
+    #[error("the request body stopped arriving for {}", humantime::format_duration(*.0))]
+    Stalled(Duration),
+}
+
+/// The process-wide rules for request bodies: one per sidecar, shared by every upstream.
+#[derive(Debug)]
+pub struct BodyLimits {
+    /// Bytes that replay buffers may still take, of `max_buffered`.
+    left: AtomicU64,
+    read_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl BodyLimits {
+    pub fn new(max_buffered: u64, read_timeout: Duration, metrics: Arc<Metrics>) -> BodyLimits {
+        BodyLimits {
+            left: AtomicU64::new(max_buffered),
+            read_timeout,
+            metrics,
+        }
+    }
+
+    /// Takes `n` more bytes of the budget into `held`, or says there is no room.
+    fn reserve(self: &Arc<Self>, held: &mut Held, n: u64) -> bool {
+        let taken = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(n)
+            });
+        if taken.is_err() {
+            self.metrics.limit_hit(Limit::MaxBuffered);
+            return false;
+        }
+        held.bytes += n;
+        true
+    }
+
+    fn stalled(&self) -> ReadError {
+        self.metrics.limit_hit(Limit::BodyReadTimeout);
+        ReadError::Stalled(self.read_timeout)
+    }
+}
+
+/// Bytes of the `max_buffered` budget held by one replay buffer; given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    limits: Arc<BodyLimits>,
+    bytes: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.limits.left.fetch_add(self.bytes, Ordering::AcqRel);
+    }
+}
 
 /// A request body as the upstream client sends it.
 #[derive(Debug)]
@@ -22,7 +94,25 @@ pub enum ProxyBody {
     Streaming {
         prefix: Option<Bytes>,
         rest: Incoming,
+        /// Ends the body with [`ReadError::Stalled`] when no frame comes for this long.
+        stall: Stall,
     },
+}
+
+/// The `body_read_timeout` of a streamed body: reset by every frame.
+#[derive(Debug)]
+pub struct Stall {
+    timer: Pin<Box<Sleep>>,
+    limits: Arc<BodyLimits>,
+}
+
+impl Stall {
+    fn new(limits: &Arc<BodyLimits>) -> Stall {
+        Stall {
+            timer: Box::pin(tokio::time::sleep(limits.read_timeout)),
+            limits: Arc::clone(limits),
+        }
+    }
 }
 
 impl ProxyBody {
@@ -35,25 +125,41 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ReadError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Streaming { prefix, rest } => match prefix.take() {
-                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
+            ProxyBody::Streaming {
+                prefix,
+                rest,
+                stall,
+            } => {
+                if let Some(b) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        let next = Instant::now() + stall.limits.read_timeout;
+                        stall.timer.as_mut().reset(next);
+                        Poll::Ready(frame.map(|f| f.map_err(ReadError::Read)))
+                    }
+                    Poll::Pending => match stall.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(stall.limits.stalled()))),
+                        Poll::Pending => Poll::Pending,
+                    },
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Streaming { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            ProxyBody::Streaming { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -62,7 +168,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ProxyBody::Streaming { prefix, rest } => {
+            ProxyBody::Streaming { prefix, rest, .. } => {
                 let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();
@@ -79,39 +185,56 @@ impl Body for ProxyBody {
 /// A request body after [`prepare`].
 #[derive(Debug)]
 pub enum Prepared {
-    /// The whole body, kept for a possible replay.
-    Replayable(Bytes),
-    /// Too large to keep: sent once, and a 401 cannot be replayed.
+    /// The whole body, kept for a possible replay, with its share of `max_buffered`.
+    Replayable(Bytes, Held),
+    /// Too large to keep (or no room left to keep it): sent once, and a 401 cannot be replayed.
     Streaming(ProxyBody),
 }
 
-/// Reads up to `limit` bytes of `body` to decide whether it can be replayed.
-pub async fn prepare(mut body: Incoming, limit: u64) -> Result<Prepared, hyper::Error> {
+/// Reads up to `limit` bytes of `body` to decide whether it can be replayed, within what is
+/// left of `max_buffered` and never waiting longer than `body_read_timeout` for a frame.
+pub async fn prepare(
+    mut body: Incoming,
+    limit: u64,
+    limits: &Arc<BodyLimits>,
+) -> Result<Prepared, ReadError> {
+    let mut held = Held {
+        limits: Arc::clone(limits),
+        bytes: 0,
+    };
     let hint = body.size_hint();
     if hint.exact() == Some(0) || body.is_end_stream() {
-        return Ok(Prepared::Replayable(Bytes::new()));
+        return Ok(Prepared::Replayable(Bytes::new(), held));
     }
-    if hint.lower() > limit {
-        // Content-Length says it will not fit: do not read a byte ahead.
-        return Ok(Prepared::Streaming(ProxyBody::Streaming {
-            prefix: None,
-            rest: body,
-        }));
+    let streaming = |prefix: Option<Bytes>, rest: Incoming| {
+        Ok(Prepared::Streaming(ProxyBody::Streaming {
+            prefix,
+            rest,
+            stall: Stall::new(limits),
+        }))
+    };
+    // Content-Length says it will not fit, or there is no room for it: not a byte read ahead.
+    if hint.lower() > limit || !limits.reserve(&mut held, hint.lower()) {
+        return streaming(None, body);
     }
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(limits.read_timeout, body.frame()).await {
+            Ok(Some(frame)) => frame?,
+            Ok(None) => break,
+            Err(_) => return Err(limits.stalled()),
+        };
         // Trailers on a request are vanishingly rare; a replayed body goes without them.
-        if let Ok(data) = frame?.into_data() {
+        if let Ok(data) = frame.into_data() {
+            let len = buf.len() as u64 + data.len() as u64;
+            let more = len.saturating_sub(held.bytes);
             buf.extend_from_slice(&data);
-            if buf.len() as u64 > limit {
-                return Ok(Prepared::Streaming(ProxyBody::Streaming {
-                    prefix: Some(buf.freeze()),
-                    rest: body,
-                }));
+            if len > limit || (more > 0 && !limits.reserve(&mut held, more)) {
+                return streaming(Some(buf.freeze()), body);
             }
         }
     }
-    Ok(Prepared::Replayable(buf.freeze()))
+    Ok(Prepared::Replayable(buf.freeze(), held))
 }
 
 /// A response body to the application: the upstream's, streamed, or one the sidecar made.

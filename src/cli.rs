@@ -91,7 +91,7 @@ impl CliError {
 
 /// `nexus-sidecar check`: writes the warnings and the effective configuration to `out` and,
 /// with `fetch`, obtains one token per upstream (concurrently) and reports each outcome on
-/// its own line. Never writes a token or a secret.
+/// its own line. Never writes a token, a secret or a static header value.
 pub async fn check(config: &Config, fetch: bool, out: &mut impl Write) -> io::Result<CheckOutcome> {
     writeln!(out, "# nexus-sidecar check: the configuration is valid.")?;
     for warning in &config.warnings {
@@ -104,8 +104,9 @@ pub async fn check(config: &Config, fetch: bool, out: &mut impl Write) -> io::Re
     )?;
     writeln!(
         out,
-        "# shown by where they are read from (one written in the file shows as \"***\")."
+        "# shown by where they are read from (one written in the file shows as \"***\"),"
     )?;
+    writeln!(out, "# static header values masked as \"***\".")?;
     writeln!(out)?;
     out.write_all(config.to_toml().as_bytes())?;
     if !fetch {

@@ -27,14 +27,30 @@ pub enum ProxyError {
     BadTarget,
     #[error("the request body could not be read: {0}")]
     ReadBody(#[source] hyper::Error),
+    /// `body_read_timeout`: the application stopped sending its body.
+    #[error("the request body stopped arriving")]
+    BodyStalled,
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("cannot reach the upstream: {}", chain(.0))]
     UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
     #[error("the upstream did not answer within {}", humantime::format_duration(*.0))]
     UpstreamTimeout(Duration),
+    #[error(
+        "the upstream answered 101 Switching Protocols to a request that asked for no upgrade"
+    )]
+    UnsolicitedUpgrade,
     #[error("this upstream was removed from the configuration; reconnect")]
     Removed,
+}
+
+impl From<crate::body::ReadError> for ProxyError {
+    fn from(e: crate::body::ReadError) -> ProxyError {
+        match e {
+            crate::body::ReadError::Read(e) => ProxyError::ReadBody(e),
+            crate::body::ReadError::Stalled(_) => ProxyError::BodyStalled,
+        }
+    }
 }
 
 impl ProxyError {
@@ -45,11 +61,13 @@ impl ProxyError {
             ProxyError::ForeignHost(_) | ProxyError::BadTarget | ProxyError::ReadBody(_) => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Token(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Token(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamUnreachable(e) if timed_out(e) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UnsolicitedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::Removed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -61,10 +79,12 @@ impl ProxyError {
             ProxyError::ForeignHost(_) | ProxyError::BadTarget | ProxyError::ReadBody(_) => {
                 "bad_request"
             }
+            ProxyError::BodyStalled => "request_timeout",
             ProxyError::Token(_) => "token_unavailable",
             ProxyError::UpstreamUnreachable(e) if timed_out(e) => "upstream_timeout",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UnsolicitedUpgrade => "upstream_protocol_error",
             ProxyError::Removed => "upstream_removed",
         }
     }
@@ -184,6 +204,11 @@ mod tests {
         assert_eq!(
             (status, body["error"].as_str()),
             (StatusCode::GATEWAY_TIMEOUT, Some("upstream_timeout"))
+        );
+        let (status, body) = json(ProxyError::UnsolicitedUpgrade).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_GATEWAY, Some("upstream_protocol_error"))
         );
     }
 }

@@ -1,8 +1,9 @@
 //! Header rules of the request path, as small pure functions over `HeaderMap`.
 //!
-//! Which headers cross the sidecar (RFC 9110 §7.6.1 hop-by-hop rules), the injected
-//! `Authorization`, and reading `WWW-Authenticate`. No I/O and no policy about *when* to call
-//! them: that is `proxy`'s job.
+//! Which headers cross the sidecar (RFC 9110 §7.6.1 hop-by-hop rules, with `TE: trailers` as
+//! the one exception; RFC 9112 §6.3 on a `Content-Length` beside `Transfer-Encoding`), the
+//! injected `Authorization`, and reading `WWW-Authenticate`. No I/O and no policy about *when*
+//! to call them: that is `proxy`'s job.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -42,14 +43,51 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes `Content-Length` when the message also has `Transfer-Encoding` (RFC 9112 §6.3: the
+/// transfer coding decides where the body ends, and an intermediary must drop the length before
+/// forwarding). Passed on, the length would frame the body for the next hop: a body cut short
+/// but presented as complete, or one that never ends. Returns whether a length was removed.
+pub fn remove_length_beside_transfer_encoding(headers: &mut HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.remove(header::CONTENT_LENGTH).is_some()
+}
+
+/// Whether the request's `TE` asks for trailers and nothing else: every element of every `TE`
+/// line is `trailers` (case-insensitive; empty list elements are ignored). gRPC and other h2
+/// protocols need that value to reach the server; any other transfer coding is for this hop
+/// only, so a list naming one is dropped whole, like any hop-by-hop header.
+pub fn te_is_only_trailers(headers: &HeaderMap) -> bool {
+    let mut trailers = false;
+    for value in &headers.get_all(header::TE) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for element in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if !element.eq_ignore_ascii_case("trailers") {
+                return false;
+            }
+            trailers = true;
+        }
+    }
+    trailers
+}
+
 /// Turns the application's request headers into the upstream request's headers.
 ///
-/// `Host` is removed because the upstream client writes it (and h2's `:authority`) from the
-/// target URI. The application's `Authorization` is removed when the sidecar authenticates:
-/// the app never decides which credentials reach the API. Static headers replace any of the
-/// same name the app sent.
+/// Hop-by-hop headers go, except `TE: trailers`, which is forwarded as exactly that value (the
+/// only one h2 allows; and without a `Connection: te`, which h2 forbids). A `Content-Length`
+/// beside `Transfer-Encoding` goes too (hyper's server already drops it from requests; this
+/// keeps the rule from depending on that). `Host` is removed because the upstream client
+/// writes it (and h2's `:authority`) from the target URI. The application's `Authorization` is
+/// removed when the sidecar authenticates: the app never decides which credentials reach the
+/// API. Static headers replace any of the same name the app sent.
 pub fn prepare_request(headers: &mut HeaderMap, extra: &HeaderMap, authenticates: bool) {
+    let trailers = te_is_only_trailers(headers);
+    remove_length_beside_transfer_encoding(headers);
     remove_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     headers.remove(header::HOST);
     if authenticates {
         headers.remove(header::AUTHORIZATION);
@@ -60,6 +98,14 @@ pub fn prepare_request(headers: &mut HeaderMap, extra: &HeaderMap, authenticates
     for (name, value) in extra {
         headers.append(name.clone(), value.clone());
     }
+}
+
+/// Turns the upstream's response headers into the application's: hop-by-hop headers go, and
+/// so does a `Content-Length` that came with `Transfer-Encoding` (hyper has already read such
+/// a body by its transfer coding; the next hop frames it afresh).
+pub fn prepare_response(headers: &mut HeaderMap) {
+    remove_length_beside_transfer_encoding(headers);
+    remove_hop_by_hop(headers);
 }
 
 /// Sets the injected credentials. The value is expected to be marked sensitive already (so
@@ -125,6 +171,151 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn every_fixed_hop_by_hop_name_is_one_and_others_are_not() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in ["content-length", "authorization", "host", "x-request-id"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_names_are_case_insensitive_and_junk_is_ignored() {
+        let mut h = map(&[
+            ("connection", "X-One ,  ,x-two"),
+            ("connection", "\"not a name\""),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-three", "3"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-three"], "3");
+    }
+
+    #[test]
+    fn a_length_goes_only_when_transfer_encoding_is_there() {
+        let mut both = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        assert!(remove_length_beside_transfer_encoding(&mut both));
+        assert!(both.get("content-length").is_none());
+        assert_eq!(both["transfer-encoding"], "chunked", "only the length goes");
+        assert_eq!(both.len(), 2);
+
+        // Any transfer coding, and every length line.
+        let mut gzip = map(&[
+            ("transfer-encoding", "gzip"),
+            ("content-length", "5"),
+            ("content-length", "5"),
+        ]);
+        assert!(remove_length_beside_transfer_encoding(&mut gzip));
+        assert!(gzip.get("content-length").is_none());
+
+        let mut length_only = map(&[("content-length", "5")]);
+        assert!(!remove_length_beside_transfer_encoding(&mut length_only));
+        assert_eq!(length_only["content-length"], "5");
+        let mut coding_only = map(&[("transfer-encoding", "chunked")]);
+        assert!(!remove_length_beside_transfer_encoding(&mut coding_only));
+        assert_eq!(coding_only.len(), 1);
+    }
+
+    #[test]
+    fn te_is_only_trailers_when_every_element_is_trailers() {
+        for yes in [
+            &[("te", "trailers")][..],
+            &[("te", "Trailers")],
+            &[("te", " trailers ,")],
+            &[("te", "trailers"), ("te", "TRAILERS")],
+        ] {
+            assert!(te_is_only_trailers(&map(yes)), "{yes:?}");
+        }
+        for no in [
+            &[][..],
+            &[("te", "")],
+            &[("te", " , ")],
+            &[("te", "gzip")],
+            &[("te", "trailers, deflate;q=0.5")],
+            &[("te", "trailers"), ("te", "gzip")],
+            &[("te", "trailers;q=1")],
+            &[("te", "chunked")],
+            &[("x-te", "trailers")],
+        ] {
+            assert!(!te_is_only_trailers(&map(no)), "{no:?}");
+        }
+        let mut opaque = HeaderMap::new();
+        opaque.insert(
+            header::TE,
+            HeaderValue::from_bytes(b"trailers\xff").unwrap(),
+        );
+        assert!(!te_is_only_trailers(&opaque));
+    }
+
+    #[test]
+    fn prepare_forwards_te_trailers_and_nothing_else_of_te() {
+        // `Connection: TE` (which RFC 9110 asks an HTTP/1.1 sender of TE to add) does not stop
+        // it: it is about the app's hop, and h2 forbids `Connection` on the next.
+        let mut h = map(&[("te", "Trailers"), ("connection", "TE"), ("x-a", "1")]);
+        prepare_request(&mut h, &HeaderMap::new(), true);
+        assert_eq!(h.get_all("te").iter().collect::<Vec<_>>(), ["trailers"]);
+        assert!(h.get("connection").is_none());
+        assert_eq!(h["x-a"], "1");
+
+        for te in ["gzip", "trailers, gzip", "deflate;q=0.5, trailers"] {
+            let mut h = map(&[("te", te)]);
+            prepare_request(&mut h, &HeaderMap::new(), true);
+            assert!(h.is_empty(), "{te}: {h:?}");
+        }
+    }
+
+    #[test]
+    fn prepare_drops_a_length_beside_transfer_encoding() {
+        let mut h = map(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        prepare_request(&mut h, &HeaderMap::new(), true);
+        assert!(h.is_empty(), "{h:?}");
+        // A length alone is the body's framing and stays.
+        let mut h = map(&[("content-length", "5")]);
+        prepare_request(&mut h, &HeaderMap::new(), true);
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
+    fn response_loses_hop_by_hop_headers_and_a_contradicted_length() {
+        let mut h = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("content-type", "text/plain"),
+        ]);
+        prepare_response(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["content-type"], "text/plain");
+
+        let mut h = map(&[("content-length", "26"), ("content-type", "text/plain")]);
+        prepare_response(&mut h);
+        assert_eq!(h["content-length"], "26");
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn set_authorization_replaces_every_value() {
+        let mut h = map(&[("authorization", "Basic a"), ("authorization", "Bearer b")]);
+        set_authorization(&mut h, bearer("fresh").unwrap());
+        assert_eq!(
+            h.get_all("authorization").iter().collect::<Vec<_>>(),
+            ["Bearer fresh"]
+        );
+        assert!(h["authorization"].is_sensitive());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`secret`]: secret values whose `Debug`/`Display` are masks, and where they come from.
 //! - [`server`]: listeners, HTTP/1.1 and h2c connections, reload (SIGHUP, rotated secret
 //!   files), graceful shutdown.
+//! - [`conn`]: the `[limits]` of application connections — how many, how long to the first
+//!   head, how long idle.
 //! - [`proxy`]: the request path — route, prepare headers, authorize, send, re-authorize on
 //!   401 and replay once, respond.
 //! - [`headers`]: pure functions over header maps (hop-by-hop, `Authorization`, scope).
@@ -34,6 +36,7 @@ pub mod body;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod error;
 pub mod headers;

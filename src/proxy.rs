@@ -19,7 +19,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{self, Prepared, ProxyBody, ResponseBody};
+use crate::body::{self, BodyLimits, Prepared, ProxyBody, ReadError, ResponseBody};
 use crate::client::HttpClient;
 use crate::config::{Target, UpstreamConfig};
 use crate::error::ProxyError;
@@ -41,6 +41,8 @@ pub struct Upstream {
     /// Authorities an absolute-form request may name: this listener and the target.
     own_authorities: Vec<Authority>,
     pub tokens: Arc<TokenSource>,
+    /// `max_buffered` and `body_read_timeout`, shared by every upstream.
+    body_limits: Arc<BodyLimits>,
     client: HttpClient,
     pub metrics: UpstreamMetrics,
     /// Set when a reload removes this upstream; connections still open get a 503 and close.
@@ -53,6 +55,7 @@ impl Upstream {
         config: &UpstreamConfig,
         local: SocketAddr,
         tokens: Arc<TokenSource>,
+        body_limits: Arc<BodyLimits>,
         client: HttpClient,
         metrics: UpstreamMetrics,
     ) -> Upstream {
@@ -71,6 +74,7 @@ impl Upstream {
             request_timeout: config.request_timeout,
             own_authorities,
             tokens,
+            body_limits,
             client,
             metrics,
             removed: AtomicBool::new(false),
@@ -155,14 +159,15 @@ async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, P
     route(up, &parts)?;
     let uri = upstream_uri(&up.target, &parts.uri)?;
     headers::prepare_request(&mut parts.headers, &up.headers, up.tokens.authenticates());
-    let body = body::prepare(body, up.max_replay_body)
-        .await
-        .map_err(ProxyError::ReadBody)?;
+    let body = body::prepare(body, up.max_replay_body, &up.body_limits).await?;
     let token = up.tokens.token().await?;
 
-    let (first_body, replay) = match body {
-        Prepared::Replayable(bytes) => (ProxyBody::full(bytes.clone()), Some(bytes)),
-        Prepared::Streaming(stream) => (stream, None),
+    // `_held` keeps the buffer's share of `max_buffered` until the request is done.
+    let (first_body, replay, _held) = match body {
+        Prepared::Replayable(bytes, held) => {
+            (ProxyBody::full(bytes.clone()), Some(bytes), Some(held))
+        }
+        Prepared::Streaming(stream) => (stream, None, None),
     };
     let head = Head {
         method: parts.method,
@@ -178,24 +183,24 @@ async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, P
     };
     let first = send(up, first_head, first_body, token.as_deref()).await?;
     let Some(used) = token.filter(|_| needs_reauth(up, &first)) else {
-        return Ok(respond(first, false));
+        return respond(first, false);
     };
     if !up.tokens.renews() {
         // A static token has no successor: the rejection is the app's to see.
         up.metrics.replay(ReplayOutcome::NotRenewable);
-        return Ok(respond(first, false));
+        return respond(first, false);
     }
     let (Some(replay), Some(head)) = (replay, kept) else {
         // Streamed bodies are gone: the 401 goes to the app, the token goes from the cache.
         up.tokens.reject(&used);
         up.metrics.replay(ReplayOutcome::NotReplayable);
-        return Ok(respond(first, false));
+        return respond(first, false);
     };
     let fresh = match up.tokens.reauthorize(&used).await {
         Ok(Reauth::Replay(fresh)) => fresh,
         Ok(Reauth::PassThrough) => {
             up.metrics.replay(ReplayOutcome::TooSoon);
-            return Ok(respond(first, false));
+            return respond(first, false);
         }
         Err(e) => {
             up.metrics.replay(ReplayOutcome::TokenUnavailable);
@@ -208,7 +213,7 @@ async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, P
         true => ReplayOutcome::RejectedAgain,
         false => ReplayOutcome::Recovered,
     });
-    Ok(respond(second, true))
+    respond(second, true)
 }
 
 /// What an upstream request is made of, apart from its body and credentials.
@@ -274,9 +279,22 @@ async fn send(
     }
     match tokio::time::timeout(up.request_timeout, up.client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) if stalled(&e) => Err(ProxyError::BodyStalled),
         Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(e)),
         Err(_) => Err(ProxyError::UpstreamTimeout(up.request_timeout)),
     }
+}
+
+/// Whether an upstream exchange failed because the application's body stopped arriving.
+fn stalled(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(ReadError::Stalled(_)) = e.downcast_ref::<ReadError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether the upstream's answer means "this token is no good" (and not "not allowed").
@@ -284,13 +302,21 @@ fn needs_reauth(up: &Upstream, response: &Response<Incoming>) -> bool {
     up.retry_on.contains(&response.status()) && !headers::is_insufficient_scope(response.headers())
 }
 
-fn respond(response: Response<Incoming>, replayed: bool) -> Outcome {
+/// The upstream's response as the application gets it.
+///
+/// A `101 Switching Protocols` is refused: the sidecar never asks for an upgrade (`Upgrade` is
+/// hop-by-hop and never forwarded), so the upstream switched on its own, and its bytes from
+/// here on are no HTTP the app could read. Dropping the response closes that connection.
+fn respond(response: Response<Incoming>, replayed: bool) -> Result<Outcome, ProxyError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UnsolicitedUpgrade);
+    }
     let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    Outcome {
+    headers::prepare_response(&mut parts.headers);
+    Ok(Outcome {
         response: Response::from_parts(parts, Either::Left(body)),
         replayed,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -20,19 +20,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{self, Admin};
+use crate::body::BodyLimits;
 use crate::client::{self, ClientError, HttpClient, Roots};
 use crate::config::{Config, ConfigError, UpstreamConfig};
-use crate::metrics::Metrics;
+use crate::conn::{self, Activity, Slots, Timers, Tracked};
+use crate::metrics::{Limit, Metrics};
 use crate::proxy::{self, Upstream};
 use crate::secret::{LoadedSecret, Secret};
 use crate::token::{TokenCache, TokenError, TokenSource};
 
 /// A client that sends no complete request head within this is disconnected.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed `accept` (out of file descriptors, say), wait this long before the next.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often `{ file = … }` secrets are compared with the values in use.
@@ -90,6 +91,10 @@ pub struct Sidecar {
     cache: TokenCache,
     roots: Roots,
     metrics: Arc<Metrics>,
+    /// `max_connections`, shared by every upstream listener.
+    permits: Slots,
+    /// `max_buffered` and `body_read_timeout`, shared by every upstream.
+    body_limits: Arc<BodyLimits>,
     slots: BTreeMap<String, Slot>,
     admin: Option<Arc<Admin>>,
     /// Until `run` takes it.
@@ -101,12 +106,19 @@ pub struct Sidecar {
 impl Sidecar {
     /// Builds every upstream of `config` and binds its listeners.
     pub async fn bind(config: &Config) -> Result<Sidecar, StartError> {
+        let metrics = Arc::new(Metrics::default());
         let mut sidecar = Sidecar {
             config: config.clone(),
             path: None,
             cache: TokenCache::default(),
             roots: Roots::load(),
-            metrics: Arc::new(Metrics::default()),
+            permits: Slots::new(config.limits.max_connections, Arc::clone(&metrics)),
+            body_limits: Arc::new(BodyLimits::new(
+                config.limits.max_buffered,
+                config.limits.body_read_timeout,
+                Arc::clone(&metrics),
+            )),
+            metrics,
             slots: BTreeMap::new(),
             admin: None,
             admin_listener: None,
@@ -186,6 +198,7 @@ impl Sidecar {
                     listener,
                     Target::Upstream(Arc::clone(&slot.upstream)),
                     tx.clone(),
+                    Some(self.permits.clone()),
                 );
                 acceptors.insert(name.clone(), handle);
             }
@@ -194,7 +207,8 @@ impl Sidecar {
             if let Some(addr) = self.admin_addr {
                 tracing::info!(%addr, "admin listening");
             }
-            let handle = spawn_acceptor(listener, Target::Admin(Arc::clone(admin)), tx.clone());
+            let handle =
+                spawn_acceptor(listener, Target::Admin(Arc::clone(admin)), tx.clone(), None);
             // Upstream names are never empty, so this key cannot collide.
             acceptors.insert(String::new(), handle);
         }
@@ -203,7 +217,15 @@ impl Sidecar {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(self.config.limits.header_read_timeout);
+        // `[limits]` are read once, here: a reload that changes them is told so.
+        let limits = Guards {
+            timers: Timers {
+                first_head: self.config.limits.header_read_timeout,
+                idle: self.config.limits.idle_timeout,
+            },
+            metrics: Arc::clone(&self.metrics),
+        };
         let graceful = GracefulShutdown::new();
         // Application connections, reaped as they finish: what is left when a drain runs out
         // is what it cuts off.
@@ -216,7 +238,7 @@ impl Sidecar {
         let mut reloads_open = true;
         loop {
             tokio::select! {
-                Some(conn) = accepted.recv() => serve(&builder, &graceful, &mut connections, conn),
+                Some(conn) = accepted.recv() => serve(&builder, &graceful, &mut connections, conn, &limits),
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 signal = reloads.recv(), if reloads_open => match signal {
                     Some(()) => {
@@ -247,7 +269,7 @@ impl Sidecar {
             close(acceptor).await;
         }
         while let Ok(conn) = accepted.try_recv() {
-            serve(&builder, &graceful, &mut connections, conn);
+            serve(&builder, &graceful, &mut connections, conn, &limits);
         }
         while connections.try_join_next().is_some() {}
         let open = connections.len();
@@ -368,6 +390,7 @@ impl Sidecar {
                             listener,
                             Target::Upstream(Arc::clone(&slot.upstream)),
                             tx.clone(),
+                            Some(self.permits.clone()),
                         );
                         if let Some(old) = acceptors.insert(name, handle) {
                             close(old).await;
@@ -390,6 +413,7 @@ impl Sidecar {
                             listener,
                             Target::Upstream(Arc::clone(&slot.upstream)),
                             tx.clone(),
+                            Some(self.permits.clone()),
                         );
                         acceptors.insert(name.clone(), handle);
                     }
@@ -476,7 +500,14 @@ impl Sidecar {
             }
         };
         Ok((
-            Upstream::new(u, addr, tokens, client.clone(), metrics),
+            Upstream::new(
+                u,
+                addr,
+                tokens,
+                Arc::clone(&self.body_limits),
+                client.clone(),
+                metrics,
+            ),
             client,
         ))
     }
@@ -519,7 +550,9 @@ enum Target {
     Admin(Arc<Admin>),
 }
 
-type Accepted = (TcpStream, Target);
+/// An accepted connection, what it is for, and (for an application connection) its place
+/// under `max_connections`.
+type Accepted = (TcpStream, Target, Option<OwnedSemaphorePermit>);
 
 /// Compares the `{ file = … }` secrets in use with their files every [`SECRET_POLL`] and names
 /// the first that changed. It says so once per new content: a reload that is refused is not
@@ -573,16 +606,23 @@ async fn close(acceptor: JoinHandle<()>) {
     let _ = acceptor.await;
 }
 
+/// Accepts connections for `target`; an application listener takes a permit first, so beyond
+/// `max_connections` new connections wait in the kernel's backlog.
 fn spawn_acceptor(
     listener: TcpListener,
     target: Target,
     tx: mpsc::Sender<Accepted>,
+    permits: Option<Slots>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            let permit = match &permits {
+                Some(permits) => Some(permits.acquire().await),
+                None => None,
+            };
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    if tx.send((stream, target.clone())).await.is_err() {
+                    if tx.send((stream, target.clone(), permit)).await.is_err() {
                         return;
                     }
                 }
@@ -595,24 +635,57 @@ fn spawn_acceptor(
     })
 }
 
+/// The `[limits]` every application connection is held to, with where to count them.
+struct Guards {
+    timers: Timers,
+    metrics: Arc<Metrics>,
+}
+
 fn serve(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     connections: &mut JoinSet<()>,
-    (stream, target): Accepted,
+    (stream, target, permit): Accepted,
+    guards: &Guards,
 ) {
+    let accepted = tokio::time::Instant::now();
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     match target {
         Target::Upstream(slot) => {
             let open = slot.load().metrics.connection();
-            let service = service_fn(move |request| proxy::handle(slot.load_full(), request));
+            let activity = Arc::new(Activity::default());
+            let service = {
+                let activity = Arc::clone(&activity);
+                service_fn(move |request| {
+                    let in_flight = activity.request();
+                    let upstream = slot.load_full();
+                    async move {
+                        let response = proxy::handle(upstream, request).await?;
+                        Ok::<_, std::convert::Infallible>(
+                            response.map(|body| Tracked::new(body, in_flight)),
+                        )
+                    }
+                })
+            };
             let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+            let (timers, metrics) = (guards.timers, Arc::clone(&guards.metrics));
             connections.spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
+                tokio::select! {
+                    result = connection => if let Err(error) = result {
+                        if is_header_timeout(&*error) {
+                            metrics.limit_hit(Limit::HeaderReadTimeout);
+                        }
+                        tracing::debug!(%error, "connection ended with an error");
+                    },
+                    limit = conn::watchdog(&activity, accepted, timers) => {
+                        // Dropping the connection closes it: nothing is in flight.
+                        metrics.limit_hit(limit);
+                        tracing::debug!(limit = limit.label(), "connection closed");
+                    }
                 }
                 drop(open);
+                drop(permit);
             });
         }
         Target::Admin(admin) => {
@@ -624,4 +697,12 @@ fn serve(
             });
         }
     }
+}
+
+/// Whether a connection ended because hyper's `header_read_timeout` ran out (a later head on
+/// an HTTP/1.1 keep-alive connection; the first one is the watchdog's).
+fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
 }

@@ -90,9 +90,16 @@ fn the_example_configuration_loads() {
         "[log]",
         "level",
         "format",
+        "[limits]",
+        "max_connections",
+        "header_read_timeout",
+        "idle_timeout",
+        "body_read_timeout",
+        "max_buffered",
         "name",
         "preset",
         "environment",
+        "allow_remote",
         "target",
         "headers",
         "retry_on",
@@ -126,6 +133,8 @@ fn the_example_configuration_loads() {
             "{key}"
         );
     }
+    assert_eq!(config.limits, nexus_sidecar::config::Limits::default());
+    assert!(config.upstreams.iter().all(|u| !u.allow_remote));
 }
 
 fn sidecar(args: &[&str]) -> std::process::Output {
@@ -153,6 +162,35 @@ fn a_bad_configuration_exits_64_naming_the_key_and_line() {
         "{stderr}"
     );
     assert!(stderr.contains("retry_on"), "says what is valid: {stderr}");
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_at_once() {
+    let dir = temp_dir("many");
+    let path = dir.join("many.toml");
+    std::fs::write(
+        &path,
+        "[limits]\nidle_timeout = \"0s\"\n\n[[upstream]]\nname = \"q\"\npreset = \"quantos\"\nlisten = \"0.0.0.0:8081\"\n[upstream.auth]\nclient_secert = { env = \"X\" }\n\n[[upstream]]\nname = \"n\"\npreset = \"nuvy\"\nenvironment = \"prod\"\nlisten = \"8082\"\n[upstream.auth]\nclient_id = { env = \"PATH\" }\nclient_secret = { env = \"PATH\" }\n",
+    )
+    .unwrap();
+    let out = sidecar(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "line 2: `limits.idle_timeout`: must be greater than zero",
+        "line 6: `upstream.q.preset`: unknown preset \"quantos\"; did you mean `quantoz`?",
+        "line 7: `upstream.q.listen`: 0.0.0.0:8081 is not a loopback address",
+        "line 9: `upstream.q.auth.client_secert`: unknown field `client_secert`; did you mean `client_secret`?",
+        "line 14: `upstream.n.environment`: unknown environment \"prod\" for preset `nuvy`; did you mean `production`?",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    assert_eq!(
+        stderr.matches("\n  line ").count(),
+        5,
+        "nothing else: {stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

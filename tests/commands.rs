@@ -125,6 +125,41 @@ async fn check_without_fetch_requests_no_token_and_warns_about_literal_secrets()
 }
 
 #[tokio::test]
+async fn check_masks_every_static_header_value() {
+    let nuvy = standin(Api::NuvyNexus).await;
+    let values = [
+        format!("{SECRET_MARK}-api-key-value"),
+        "plain-looking-value".to_owned(),
+        "true".to_owned(),
+    ];
+    let headers = format!(
+        "headers = {{ x-api-key = \"{}\", x-tenant = \"{}\", request_iso8601 = \"{}\" }}",
+        values[0], values[1], values[2]
+    );
+    let config = Config::from_toml(&upstream_toml("nuvy", &nuvy, &headers, "")).unwrap();
+    let mut out = Vec::new();
+    cli::check(&config, false, &mut out).await.unwrap();
+    let report = String::from_utf8(out).unwrap();
+    assert!(
+        report.contains(
+            "headers = { request_iso8601 = \"***\", x-api-key = \"***\", x-tenant = \"***\" }"
+        ),
+        "{report}"
+    );
+    for value in &values {
+        assert!(
+            !report.contains(&format!("\"{value}\"")),
+            "{value} leaked:\n{report}"
+        );
+    }
+    assert_no_secrets(&report, &[]);
+    // Masked, the report still loads, with the same header names.
+    let again = Config::from_toml(&report).unwrap();
+    assert_eq!(again.upstreams[0].headers.len(), 3);
+    assert_eq!(again.upstreams[0].headers["x-api-key"], "***");
+}
+
+#[tokio::test]
 async fn token_returns_a_fresh_token_or_says_why_not() {
     let (nuvy, quantoz) = (standin(Api::NuvyNexus).await, standin(Api::Quantoz).await);
     let config = Config::from_toml(&mixed_toml(&nuvy, &quantoz)).unwrap();
@@ -203,6 +238,9 @@ async fn check_prints_the_effective_configuration_and_exits_0() {
         "retry_on = [401]".into(),
         "max_replay_body = \"1MiB\"".into(),
         "min_refresh_interval = \"1s\"".into(),
+        "allow_remote = false".into(),
+        "\n[limits]\nmax_connections = 4096\n".into(),
+        "max_buffered = \"64MiB\"".into(),
     ] {
         assert!(stdout.contains(&expected), "{expected}\n{stdout}");
     }

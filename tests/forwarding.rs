@@ -58,7 +58,8 @@ async fn hop_by_hop_request_headers_are_dropped_and_host_is_the_targets() {
                 ("x-private", "for the sidecar only"),
                 ("keep-alive", "timeout=5"),
                 ("proxy-authorization", "Basic cHJveHk6cHc="),
-                ("te", "trailers"),
+                // Only a bare `trailers` crosses (see below); a list with a coding does not.
+                ("te", "trailers, deflate;q=0.5"),
                 ("upgrade", "websocket"),
                 ("proxy-connection", "keep-alive"),
                 ("trailer", "x-checksum"),
@@ -88,6 +89,125 @@ async fn hop_by_hop_request_headers_are_dropped_and_host_is_the_targets() {
     assert_eq!(h.get_all("host").iter().count(), 1);
     assert_eq!(h["host"], s.addr().to_string().as_str());
     assert_ne!(h["host"], r.addr("api").to_string().as_str());
+}
+
+/// `TE: trailers` is the one `TE` forwarded (h2 and gRPC need it), as exactly that value;
+/// any other value, or a list that names another coding, is dropped as hop-by-hop.
+#[tokio::test]
+async fn te_trailers_is_forwarded_and_no_other_te() {
+    let (s, r) = pair(Api::NuvyNexus, "", "").await;
+    let http = Http::default();
+    /// The app's headers, and the `te` the upstream should see.
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        Option<&'static str>,
+    );
+    let cases: [Case; 6] = [
+        (&[("te", "trailers")], Some("trailers")),
+        (
+            &[("te", "Trailers"), ("connection", "TE")],
+            Some("trailers"),
+        ),
+        (&[("te", "trailers"), ("te", "trailers")], Some("trailers")),
+        (&[("te", "gzip")], None),
+        (&[("te", "trailers, gzip;q=0.5")], None),
+        (&[("te", "trailers"), ("te", "deflate")], None),
+    ];
+    for (i, (headers, _)) in cases.iter().enumerate() {
+        let reply = http
+            .send(
+                Method::GET,
+                &r.url("api", &format!("/v1/te/{i}")),
+                headers,
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{headers:?}: {}", reply.text());
+    }
+    let seen = s.seen();
+    assert_eq!(seen.len(), cases.len());
+    for (x, (headers, want)) in seen.iter().zip(cases) {
+        let te: Vec<_> = x.headers.get_all("te").iter().collect();
+        match want {
+            Some(want) => assert_eq!(te, [want], "{headers:?}"),
+            None => assert!(te.is_empty(), "{headers:?} sent te {te:?}"),
+        }
+        assert!(x.headers.get("connection").is_none(), "{headers:?}");
+    }
+}
+
+/// A request with both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3, the shape of a
+/// request-smuggling attempt): hyper's server reads the body by its chunks and drops the length
+/// before the sidecar sees the request, and closes the connection after answering. The upstream
+/// gets the whole body under a framing of the sidecar's own, buffered or streamed.
+#[tokio::test]
+async fn a_request_with_both_lengths_is_forwarded_whole_by_its_chunks() {
+    for max_replay_body in ["1MiB", "4B"] {
+        let (s, r) = pair(
+            Api::NuvyNexus,
+            &format!("max_replay_body = \"{max_replay_body}\""),
+            "",
+        )
+        .await;
+        let chunks = "d\r\nabcdefghijklm\r\nd\r\nnopqrstuvwxyz\r\n0\r\n\r\n";
+        let heads = [
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 1000\r\n",
+        ];
+        for (i, framing) in heads.iter().enumerate() {
+            let request = format!(
+                "POST /v1/both/{i} HTTP/1.1\r\nHost: {}\r\n{framing}\r\n{chunks}",
+                r.addr("api")
+            );
+            let reply = within("the reply", raw(r.addr("api"), request.as_bytes())).await;
+            assert_eq!(
+                reply.status,
+                200,
+                "{max_replay_body} {framing:?}: {}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            assert_eq!(
+                reply.headers.get("connection").map(String::as_str),
+                Some("close")
+            );
+            assert_eq!(
+                reply.json()["body_len"],
+                26,
+                "{max_replay_body} {framing:?}"
+            );
+        }
+        let seen = s.seen();
+        assert_eq!(seen.len(), heads.len());
+        for x in &seen {
+            let what = format!("{max_replay_body} {}: {:?}", x.path_and_query, x.headers);
+            assert_eq!(x.body, "abcdefghijklmnopqrstuvwxyz", "{what}");
+            let length = x.headers.get("content-length");
+            let coding = x.headers.get("transfer-encoding");
+            match max_replay_body {
+                // Buffered for replay: sent with its exact length.
+                "1MiB" => assert!(
+                    length.is_some_and(|l| l == "26") && coding.is_none(),
+                    "{what}"
+                ),
+                // Streamed: chunked again, with no length.
+                _ => assert!(
+                    length.is_none() && coding.is_some_and(|c| c == "chunked"),
+                    "{what}"
+                ),
+            }
+        }
+
+        // A transfer coding that does not end in `chunked` leaves the body unframed: hyper's
+        // server answers 400 itself and nothing goes upstream.
+        let request = format!(
+            "POST /v1/gzip HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+            r.addr("api")
+        );
+        let reply = within("the 400", raw(r.addr("api"), request.as_bytes())).await;
+        assert_eq!(reply.status, 400);
+        assert_eq!(s.seen().len(), heads.len());
+    }
 }
 
 #[tokio::test]

@@ -218,7 +218,7 @@ async fn metrics_move_with_requests_token_fetches_and_replays() {
     assert!(before.headers["content-type"]
         .to_str()
         .unwrap()
-        .contains("openmetrics-text"));
+        .starts_with("text/plain; version=0.0.4"));
     let before = before.text();
     assert_eq!(
         sample(
@@ -563,4 +563,250 @@ async fn a_reload_that_keeps_the_credentials_keeps_the_backoff() {
             .unwrap()
             > 1
     );
+}
+
+const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// What Prometheus 2.x sends.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
+    application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// `GET /metrics`, with `Accept: accept` when given.
+async fn scrape_with(http: &Http, admin: &str, accept: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+    let url = format!("{admin}/metrics");
+    http.send(http::Method::GET, &url, &headers, bytes::Bytes::new())
+        .await
+}
+
+fn metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Checks `{k="v",…}` (escapes `\\`, `\"`, `\n` only) and returns it unchanged.
+fn label_set(labels: &str) -> &str {
+    let mut rest = labels
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("bad label set {labels}"));
+    while !rest.is_empty() {
+        let (key, value) = rest.split_once("=\"").expect(labels);
+        assert!(
+            metric_name(key) && !key.contains(':'),
+            "bad label name in {labels}"
+        );
+        let mut chars = value.char_indices();
+        let end = loop {
+            match chars.next().expect(labels) {
+                (_, '\\') => assert!(matches!(chars.next(), Some((_, '\\' | '"' | 'n')))),
+                (i, '"') => break i,
+                _ => {}
+            }
+        };
+        rest = &value[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    labels
+}
+
+/// Checks an exposition against the grammar of text format 0.0.4 or OpenMetrics 1.0.0 (as far
+/// as the sidecar uses them: every family has HELP then TYPE, no timestamps, no exemplars) and
+/// returns its samples, series → value.
+fn exposition(text: &str, openmetrics: bool) -> std::collections::BTreeMap<String, f64> {
+    let body = if openmetrics {
+        text.strip_suffix("# EOF\n")
+            .expect("OpenMetrics ends with # EOF")
+    } else {
+        text
+    };
+    assert!(body.ends_with('\n'), "{text}");
+    let types: &[&str] = if openmetrics {
+        &[
+            "counter",
+            "gauge",
+            "histogram",
+            "info",
+            "unknown",
+            "stateset",
+            "gaugehistogram",
+            "summary",
+        ]
+    } else {
+        &["counter", "gauge", "histogram", "summary", "untyped"]
+    };
+    let mut samples = std::collections::BTreeMap::new();
+    let mut typed = std::collections::HashSet::new();
+    let mut help: Option<&str> = None;
+    let mut family: Option<(&str, &str)> = None;
+    for line in body.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            let (keyword, name, rest) = (parts.next(), parts.next().expect(line), parts.next());
+            assert!(metric_name(name), "{line}");
+            match keyword {
+                Some("HELP") => {
+                    assert!(help.is_none(), "{line}");
+                    assert!(!rest.unwrap_or_default().contains(['"', '\\']), "{line}");
+                    help = Some(name);
+                }
+                Some("TYPE") => {
+                    let kind = rest.expect(line);
+                    assert!(types.contains(&kind), "{line}");
+                    assert_eq!(help.take(), Some(name), "HELP names another family: {line}");
+                    assert!(typed.insert(name), "{name} typed twice");
+                    if kind == "counter" && !openmetrics {
+                        assert!(name.ends_with("_total"), "{line}");
+                    }
+                    family = Some((name, kind));
+                }
+                Some("UNIT") if openmetrics => {
+                    let unit = rest.expect(line);
+                    assert_eq!(family.map(|f| f.0), Some(name), "{line}");
+                    assert!(name.ends_with(&format!("_{unit}")), "{line}");
+                }
+                _ => panic!("unexpected line {line}"),
+            }
+            continue;
+        }
+        assert!(help.is_none(), "HELP without TYPE before {line}");
+        let (series, value) = line.rsplit_once(' ').expect(line);
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        let name = series.split('{').next().unwrap();
+        let labels = &series[name.len()..];
+        if !labels.is_empty() {
+            label_set(labels);
+        }
+        let (family, kind) = family.unwrap_or_else(|| panic!("{line} before any TYPE"));
+        let suffixes: &[&str] = match (kind, openmetrics) {
+            ("counter", true) => &["_total", "_created"],
+            ("histogram", _) => &["_bucket", "_sum", "_count"],
+            ("info", true) => &["_info"],
+            _ => &[""],
+        };
+        assert!(
+            suffixes
+                .iter()
+                .any(|s| name.strip_prefix(family) == Some(s)),
+            "{line} is not a sample of {family} ({kind})"
+        );
+        if name.ends_with("_bucket") {
+            assert!(labels.contains("le=\""), "{line}");
+        }
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_speak_text_004_by_default_and_openmetrics_when_asked() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("formats");
+    write_credentials(&dir, &credentials(Api::NuvyNexus));
+    let config = Config::from_toml(&file_config(&s, &dir, "")).unwrap();
+    let ops = start(&config, None).await;
+    let http = Http::default();
+    assert_eq!(http.get(&format!("{}/v1/x", ops.app)).await.status, 200);
+
+    let mut text = None;
+    let mut openmetrics = None;
+    for (accept, content_type) in [
+        (None, TEXT_004),
+        (Some("*/*"), TEXT_004),
+        (Some("text/plain;version=0.0.4"), TEXT_004),
+        (
+            Some("application/openmetrics-text;q=0.3, text/plain"),
+            TEXT_004,
+        ),
+        (Some(PROMETHEUS_ACCEPT), OPENMETRICS),
+        (Some("application/openmetrics-text"), OPENMETRICS),
+    ] {
+        let reply = scrape_with(&http, &ops.admin, accept).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers["content-type"], content_type, "{accept:?}");
+        let is_openmetrics = content_type == OPENMETRICS;
+        let samples = exposition(&reply.text(), is_openmetrics);
+        if is_openmetrics {
+            openmetrics = Some(samples);
+        } else {
+            text = Some(samples);
+        }
+    }
+    let (text, openmetrics) = (text.unwrap(), openmetrics.unwrap());
+    assert!(
+        text.keys().eq(openmetrics.keys()),
+        "different series:\n{text:?}\n{openmetrics:?}"
+    );
+    // Nothing counted moved between the scrapes.
+    for (series, value) in text.iter().filter(|(s, _)| s.starts_with("nexus_sidecar_")) {
+        if !series.starts_with("nexus_sidecar_token_expiry_seconds") {
+            assert_eq!(openmetrics[series], *value, "{series}");
+        }
+    }
+    assert_eq!(
+        text[r#"nexus_sidecar_requests_total{upstream="api",status="2xx"}"#],
+        1.0
+    );
+    let build = format!(
+        "nexus_sidecar_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(text[&build], 1.0);
+    for limit in [
+        "max_connections",
+        "header_read_timeout",
+        "idle_timeout",
+        "body_read_timeout",
+        "max_buffered",
+    ] {
+        let series = format!("nexus_sidecar_limit_hits_total{{limit=\"{limit}\"}}");
+        assert!(text.contains_key(&series), "no {series}");
+    }
+    no_secrets(&format!("{text:?}"), &s);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn process_metrics_are_plausible() {
+    let s = standin(Api::NuvyNexus).await;
+    let dir = temp_dir("process");
+    write_credentials(&dir, &credentials(Api::NuvyNexus));
+    let config = Config::from_toml(&file_config(&s, &dir, "")).unwrap();
+    let ops = start(&config, None).await;
+    let http = Http::default();
+    let text = exposition(&scrape_with(&http, &ops.admin, None).await.text(), false);
+    let openmetrics = exposition(
+        &scrape_with(&http, &ops.admin, Some(PROMETHEUS_ACCEPT))
+            .await
+            .text(),
+        true,
+    );
+    for samples in [&text, &openmetrics] {
+        let get = |name: &str| *samples.get(name).unwrap_or_else(|| panic!("no {name}"));
+        assert!(get("process_cpu_seconds_total") >= 0.0);
+        let resident = get("process_resident_memory_bytes");
+        assert!(resident > 1e5, "{resident}");
+        assert!(get("process_virtual_memory_bytes") >= resident);
+        let (open, max) = (get("process_open_fds"), get("process_max_fds"));
+        assert!(open > 0.0 && open <= max, "{open} of {max}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = get("process_start_time_seconds");
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0,
+            "{start} vs {now}"
+        );
+    }
 }

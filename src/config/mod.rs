@@ -1,14 +1,18 @@
 //! Configuration: the TOML file, presets, and validation into typed values.
 //!
-//! [`Config::from_toml`] is the whole pipeline: parse with `deny_unknown_fields` (`raw`), fill
-//! presets (`preset`), then validate every upstream and resolve every secret (`validate`). A
-//! `Config` that exists is valid: nothing binds, connects or fetches before that. This module
-//! does not watch files or reload; it only reads. `show` prints a `Config` back as TOML (the
-//! effective configuration `nexus-sidecar check` shows).
+//! [`Config::from_toml`] is the whole pipeline: refuse unknown keys (`keys`), parse into
+//! values of the right types (`raw`), fill presets (`preset`), then validate every upstream
+//! and resolve every secret (`validate`). Every problem in a file is reported at once, each at
+//! the line of its key; only a syntax error stops the reading early. A `Config` that exists is
+//! valid: nothing binds, connects or fetches before that. This module does not watch files or
+//! reload; it only reads. `show` prints a `Config` back as TOML (the effective configuration
+//! `nexus-sidecar check` shows).
 
+mod keys;
 mod preset;
 mod raw;
 mod show;
+mod suggest;
 pub mod units;
 mod validate;
 
@@ -46,6 +50,17 @@ pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Default `[log] level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default `[limits] max_connections`: connections from applications, all listeners together.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `[limits] header_read_timeout`: from accept (or the previous response) to a
+/// complete request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `[limits] idle_timeout`: a keep-alive connection with no request in flight.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `[limits] body_read_timeout`: a request body that stops arriving for this long.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `[limits] max_buffered`: all request bodies held for replay, together.
+pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;
 
 /// A valid configuration.
 #[derive(Debug, Clone)]
@@ -56,6 +71,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[limits]`: process-wide bounds on what applications may hold.
+    pub limits: Limits,
     /// `[[upstream]]`, in file order.
     pub upstreams: Vec<UpstreamConfig>,
     /// Things that are allowed but deserve an operator's attention (literal secrets, plain
@@ -103,11 +120,41 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// `[limits]`: process-wide, over every listener together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections from applications, all listeners together; at least 1.
+    pub max_connections: usize,
+    /// From accept (or the previous response) to a complete request head.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit with no request in flight.
+    pub idle_timeout: Duration,
+    /// How long a request body may stop arriving.
+    pub body_read_timeout: Duration,
+    /// Bytes of request bodies held for replay, all requests together.
+    pub max_buffered: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            max_buffered: DEFAULT_MAX_BUFFERED,
+        }
+    }
+}
+
 /// One `[[upstream]]`: a listener, the API behind it, and how to authenticate to it.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// The operator accepts a non-loopback `listen`: anyone who reaches it uses these
+    /// credentials. Without it such a `listen` is refused.
+    pub allow_remote: bool,
     pub target: Target,
     /// Static headers added to every forwarded request.
     pub headers: HeaderMap,
@@ -274,10 +321,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// Syntax, types and unknown keys; toml's message names the line, the key and what was
-    /// expected.
+    /// A file that is not TOML; toml's message names the line and what was expected.
     #[error("invalid configuration: {0}")]
     Parse(#[from] toml::de::Error),
+    /// Everything wrong with a file that is TOML, in line order: unknown keys, values of the
+    /// wrong type, invalid settings.
     #[error("invalid configuration:{}", Problems(.0))]
     Invalid(Vec<Problem>),
 }
@@ -290,6 +338,16 @@ pub struct Problem {
     /// Dotted path of the key, such as `upstream.nuvy.auth.token_url`.
     pub key: String,
     pub message: String,
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 struct Problems<'a>(&'a [Problem]);
@@ -315,8 +373,21 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text)?;
-        validate::validate(raw, text)
+        let tree: keys::Node = toml::from_str(text)?;
+        let mut keys = keys::Keys::check(&tree, text);
+        let parsed = raw::parse(text);
+        let mut problems = std::mem::take(&mut keys.unknown);
+        for invalid in parsed.invalid {
+            problems.push(keys.problem(text, Some(invalid.span), invalid.message));
+        }
+        match parsed.raw {
+            Ok(raw) => validate::validate(raw, text, &keys, problems),
+            Err(e) => {
+                problems.push(keys.problem(text, e.span(), e.message().to_owned()));
+                problems.sort_by_key(|p| p.line);
+                Err(ConfigError::Invalid(problems))
+            }
+        }
     }
 
     /// Every `{ file = … }` secret in use, with the value read at load time.

@@ -5,9 +5,8 @@
 
 use std::ops::Range;
 
-use toml::Spanned;
-
-use super::raw::{ClientAuth, FlowKind, Preset, RawAuth};
+use super::raw::{ClientAuth, Field, FlowKind, Preset, RawAuth};
+use super::suggest::did_you_mean;
 
 /// What a preset contributes to an upstream.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,6 +19,14 @@ pub struct Defaults {
     pub scope: Option<&'static str>,
 }
 
+/// Why a preset cannot fill an upstream, by the key the problem is reported at.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PresetError {
+    /// `environment` is unknown or not wanted (at `environment`), or missing (at `preset`).
+    Environment(String),
+    /// Nexudus has no fixed host: it needs `target` (at `preset`).
+    NeedsTarget(String),
+}
 impl Preset {
     /// The name as written in the configuration.
     pub fn name(self) -> &'static str {
@@ -41,37 +48,52 @@ impl Preset {
         }
     }
 
+    /// The flow this preset's API uses, whatever the environment.
+    pub fn flow(self) -> FlowKind {
+        match self {
+            Preset::NuvyNexus | Preset::Nuvy | Preset::Quantoz => FlowKind::ClientCredentials,
+            Preset::Nexudus => FlowKind::Password,
+            Preset::Nexushub => FlowKind::Nexushub,
+        }
+    }
+
+    /// Checks `environment` against the ones this preset knows.
+    fn check_environment(self, environment: Option<&str>) -> Result<(), PresetError> {
+        let envs = self.environments();
+        let message = match (environment, envs.is_empty()) {
+            (Some(e), true) => format!(
+                "preset `{}` has no environments; remove `environment = {e:?}`",
+                self.name()
+            ),
+            (None, false) => format!(
+                "preset `{}` needs `environment`, one of: {}",
+                self.name(),
+                envs.join(", ")
+            ),
+            (Some(e), false) if !envs.contains(&e) => {
+                let hint = match did_you_mean(e, envs.iter().copied()) {
+                    Some(near) => format!("did you mean `{near}`? "),
+                    None => String::new(),
+                };
+                format!(
+                    "unknown environment {e:?} for preset `{}`; {hint}expected one of: {}",
+                    self.name(),
+                    envs.join(", ")
+                )
+            }
+            _ => return Ok(()),
+        };
+        Err(PresetError::Environment(message))
+    }
+
     /// Resolves the preset for `environment`; `target` is the explicit target, which Nexudus
     /// needs to derive its token URL.
     pub fn defaults(
         self,
         environment: Option<&str>,
         target: Option<&str>,
-    ) -> Result<Defaults, String> {
-        let envs = self.environments();
-        match (environment, envs.is_empty()) {
-            (Some(e), true) => {
-                return Err(format!(
-                    "preset `{}` has no environments; remove `environment = {e:?}`",
-                    self.name()
-                ))
-            }
-            (None, false) => {
-                return Err(format!(
-                    "preset `{}` needs `environment`, one of: {}",
-                    self.name(),
-                    envs.join(", ")
-                ))
-            }
-            (Some(e), false) if !envs.contains(&e) => {
-                return Err(format!(
-                    "unknown environment {e:?} for preset `{}`; expected one of: {}",
-                    self.name(),
-                    envs.join(", ")
-                ))
-            }
-            _ => {}
-        }
+    ) -> Result<Defaults, PresetError> {
+        self.check_environment(environment)?;
         let nuvy_host = match environment {
             Some("production") => "https://prd.api.nuvy.ai",
             _ => "https://qa.api.nuvy.ai",
@@ -79,7 +101,7 @@ impl Preset {
         Ok(match self {
             Preset::NuvyNexus => Defaults {
                 target: Some(nuvy_host.into()),
-                flow: FlowKind::ClientCredentials,
+                flow: self.flow(),
                 token_url: Some(format!("{nuvy_host}/nexus/oauth2/token")),
                 auth_url: None,
                 client_auth: Some(ClientAuth::Basic),
@@ -87,7 +109,7 @@ impl Preset {
             },
             Preset::Nuvy => Defaults {
                 target: Some(nuvy_host.into()),
-                flow: FlowKind::ClientCredentials,
+                flow: self.flow(),
                 token_url: Some(format!("{nuvy_host}/oauth2/token")),
                 auth_url: None,
                 client_auth: Some(ClientAuth::Basic),
@@ -100,7 +122,7 @@ impl Preset {
                 };
                 Defaults {
                     target: Some(format!("https://{api}")),
-                    flow: FlowKind::ClientCredentials,
+                    flow: self.flow(),
                     token_url: Some(format!("https://{identity}/connect/token")),
                     auth_url: None,
                     client_auth: Some(ClientAuth::Body),
@@ -109,11 +131,11 @@ impl Preset {
             }
             Preset::Nexudus => {
                 let Some(target) = target else {
-                    return Err("preset `nexudus` needs `target`, your space's portal URL such as \"https://example.spaces.nexudus.com\"".into());
+                    return Err(PresetError::NeedsTarget("preset `nexudus` needs `target`, your space's portal URL such as \"https://example.spaces.nexudus.com\"".into()));
                 };
                 Defaults {
                     target: None,
-                    flow: FlowKind::Password,
+                    flow: self.flow(),
                     token_url: Some(format!("{}/api/token", target.trim_end_matches('/'))),
                     auth_url: None,
                     client_auth: None,
@@ -122,7 +144,7 @@ impl Preset {
             }
             Preset::Nexushub => Defaults {
                 target: None,
-                flow: FlowKind::Nexushub,
+                flow: self.flow(),
                 token_url: None,
                 auth_url: Some("https://auth.nexushub.co".into()),
                 client_auth: None,
@@ -136,26 +158,28 @@ impl Preset {
 /// for values the preset supplies (the upstream table), so errors in them point somewhere.
 pub fn fill(
     defaults: Defaults,
-    target: &mut Option<Spanned<String>>,
+    target: &mut Option<Field<String>>,
     auth: &mut RawAuth,
     at: Range<usize>,
 ) {
-    let spanned = |v: String| Spanned::new(at.clone(), v);
+    let supplied = |v: String| Field::new(at.clone(), v);
     if target.is_none() {
-        *target = defaults.target.map(spanned);
+        *target = defaults.target.map(supplied);
     }
-    auth.flow.get_or_insert(defaults.flow);
+    if auth.flow.is_none() {
+        auth.flow = Some(Field::new(at.clone(), defaults.flow));
+    }
     if auth.token_url.is_none() {
-        auth.token_url = defaults.token_url.map(spanned);
+        auth.token_url = defaults.token_url.map(supplied);
     }
     if auth.auth_url.is_none() {
-        auth.auth_url = defaults.auth_url.map(spanned);
+        auth.auth_url = defaults.auth_url.map(supplied);
     }
     if auth.client_auth.is_none() {
-        auth.client_auth = defaults.client_auth.map(|c| Spanned::new(at.clone(), c));
+        auth.client_auth = defaults.client_auth.map(|c| Field::new(at.clone(), c));
     }
     if auth.scope.is_none() {
-        auth.scope = defaults.scope.map(|s| spanned(s.into()));
+        auth.scope = defaults.scope.map(|s| supplied(s.into()));
     }
 }
 
@@ -164,14 +188,47 @@ pub fn fill(
 mod tests {
     use super::*;
 
+    fn environment_error(result: Result<Defaults, PresetError>) -> String {
+        match result {
+            Err(PresetError::Environment(message)) => message,
+            other => panic!("expected an environment error: {other:?}"),
+        }
+    }
+
     #[test]
     fn environments_are_checked() {
-        let err = Preset::NuvyNexus.defaults(None, None).unwrap_err();
+        let err = environment_error(Preset::NuvyNexus.defaults(None, None));
         assert!(err.contains("qa, production"), "{err}");
-        let err = Preset::Quantoz.defaults(Some("qa"), None).unwrap_err();
+        let err = environment_error(Preset::Quantoz.defaults(Some("qa"), None));
         assert!(err.contains("test, production"), "{err}");
-        let err = Preset::Nexushub.defaults(Some("qa"), None).unwrap_err();
+        assert!(!err.contains("did you mean"), "{err}");
+        let err = environment_error(Preset::Nexushub.defaults(Some("qa"), None));
         assert!(err.contains("no environments"), "{err}");
+        let err = environment_error(Preset::Nuvy.defaults(Some("prod"), None));
+        assert!(err.contains("did you mean `production`?"), "{err}");
+        let err = environment_error(Preset::Quantoz.defaults(Some("tset"), None));
+        assert!(err.contains("did you mean `test`?"), "{err}");
+    }
+
+    #[test]
+    fn every_preset_names_its_flow() {
+        for preset in [Preset::NuvyNexus, Preset::Nuvy, Preset::Quantoz] {
+            let env = preset.environments()[0];
+            assert_eq!(
+                preset.defaults(Some(env), None).unwrap().flow,
+                preset.flow()
+            );
+        }
+        let d = Preset::Nexudus.defaults(None, Some("https://x")).unwrap();
+        assert_eq!(d.flow, FlowKind::Password);
+        assert_eq!(
+            Preset::Nexushub.defaults(None, None).unwrap().flow,
+            FlowKind::Nexushub
+        );
+        assert!(matches!(
+            Preset::Nexudus.defaults(None, None),
+            Err(PresetError::NeedsTarget(_))
+        ));
     }
 
     #[test]
@@ -207,17 +264,20 @@ mod tests {
 
     #[test]
     fn explicit_values_win() {
-        let mut target = Some(Spanned::new(0..1, "https://mine".to_string()));
+        let mut target = Some(Field::new(0..1, "https://mine".to_string()));
         let mut auth = RawAuth {
-            scope: Some(Spanned::new(0..1, "mine".into())),
+            scope: Some(Field::new(0..1, "mine".into())),
             ..RawAuth::default()
         };
         let d = Preset::Quantoz.defaults(Some("test"), None).unwrap();
         fill(d, &mut target, &mut auth, 0..1);
-        assert_eq!(target.unwrap().into_inner(), "https://mine");
-        assert_eq!(auth.scope.map(Spanned::into_inner).as_deref(), Some("mine"));
+        assert_eq!(target.unwrap().get().unwrap(), "https://mine");
         assert_eq!(
-            auth.client_auth.map(Spanned::into_inner),
+            auth.scope.and_then(Field::into_value).as_deref(),
+            Some("mine")
+        );
+        assert_eq!(
+            auth.client_auth.and_then(Field::into_value),
             Some(ClientAuth::Body)
         );
     }

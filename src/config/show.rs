@@ -2,20 +2,22 @@
 //!
 //! What `nexus-sidecar check` shows: presets expanded, defaults filled, durations and sizes with
 //! their units. Secrets are printed as where they come from (`{ env = "X" }`, `{ file = "/p" }`);
-//! a secret written in the file prints as `"***"`, so no secret value ever leaves this module.
-//! (`"***"` loads again as a literal, except as a `totp_secret`, which must be base32.)
+//! a secret written in the file prints as `"***"`, and so does every static header value (API
+//! keys live there), so no secret value ever leaves this module. (`"***"` loads again as a
+//! literal, except as a `totp_secret`, which must be base32.)
 //! It prints a valid [`Config`]; it does not validate or read anything.
 
 use std::fmt::{self, Display, Formatter};
 use std::time::Duration;
 
-use super::{AuthConfig, Client, ClientAuth, Config, Flow, LogFormat, UpstreamConfig};
+use super::raw::Named;
+use super::{AuthConfig, Client, Config, Flow, Limits, UpstreamConfig};
 use crate::secret::{LoadedSecret, SecretSource, MASK};
 use crate::token::MAX_DEFAULT_REFRESH_BEFORE;
 
 impl Config {
     /// The effective configuration as TOML: loads again with [`Config::from_toml`] into the same
-    /// upstreams, with every literal secret replaced by `"***"`.
+    /// upstreams, with every literal secret and every static header value replaced by `"***"`.
     pub fn to_toml(&self) -> String {
         Effective(self).to_string()
     }
@@ -30,12 +32,9 @@ impl Display for Effective<'_> {
         if let Some(admin) = &c.admin {
             writeln!(f, "\n[admin]\nlisten = {}", Str(&admin.listen.to_string()))?;
         }
-        let format = match c.log.format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        };
         writeln!(f, "\n[log]\nlevel = {}", Str(&c.log.level))?;
-        writeln!(f, "format = {}", Str(format))?;
+        writeln!(f, "format = {}", Str(c.log.format.name()))?;
+        limits(f, &c.limits)?;
         for u in &c.upstreams {
             upstream(f, u)?;
         }
@@ -43,22 +42,28 @@ impl Display for Effective<'_> {
     }
 }
 
+fn limits(f: &mut Formatter<'_>, l: &Limits) -> fmt::Result {
+    writeln!(f, "\n[limits]")?;
+    writeln!(f, "max_connections = {}", l.max_connections)?;
+    writeln!(f, "header_read_timeout = {}", Dur(l.header_read_timeout))?;
+    writeln!(f, "idle_timeout = {}", Dur(l.idle_timeout))?;
+    writeln!(f, "body_read_timeout = {}", Dur(l.body_read_timeout))?;
+    writeln!(f, "max_buffered = {}", Size(l.max_buffered))
+}
+
 fn upstream(f: &mut Formatter<'_>, u: &UpstreamConfig) -> fmt::Result {
     writeln!(f, "\n[[upstream]]")?;
     writeln!(f, "name = {}", Str(&u.name))?;
     writeln!(f, "listen = {}", Str(&u.listen.to_string()))?;
+    writeln!(f, "allow_remote = {}", u.allow_remote)?;
     let t = &u.target;
     let target = format!("{}://{}{}", t.scheme, t.authority, t.base_path);
     writeln!(f, "target = {}", Str(&target))?;
+    // Names only: a static header often is an API key.
     let headers: Vec<(&str, String)> = u
         .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .keys()
+        .map(|k| (k.as_str(), MASK.to_owned()))
         .collect();
     writeln!(f, "headers = {}", InlineTable(&headers))?;
     let codes: Vec<String> = u.retry_on.iter().map(|s| s.as_u16().to_string()).collect();
@@ -124,11 +129,7 @@ fn auth(f: &mut Formatter<'_>, a: &AuthConfig) -> fmt::Result {
 fn client(f: &mut Formatter<'_>, c: &Client) -> fmt::Result {
     writeln!(f, "  client_id = {}", Source(&c.id))?;
     writeln!(f, "  client_secret = {}", Source(&c.secret))?;
-    let auth = match c.auth {
-        ClientAuth::Basic => "basic",
-        ClientAuth::Body => "body",
-    };
-    writeln!(f, "  client_auth = {}", Str(auth))
+    writeln!(f, "  client_auth = {}", Str(c.auth.name()))
 }
 
 fn form_extras(

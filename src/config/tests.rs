@@ -2,6 +2,9 @@
 
 use super::*;
 
+mod limits;
+mod problems;
+
 /// `PATH` is set wherever tests run, so `{ env = "PATH" }` resolves without touching the
 /// process environment.
 const CREDS: &str = r#"client_id = { env = "PATH" }

@@ -1,8 +1,10 @@
 //! Validation: raw settings into typed ones, collecting every problem with its line.
 //!
-//! All problems are reported at once, so an operator fixes a file in one pass. Secrets are
-//! resolved here, because an unset variable or a missing file is a configuration error that
-//! must stop start-up before anything binds.
+//! All problems are reported at once, so an operator fixes a file in one pass. Each is reported
+//! once: a value `raw` could not read is already a problem and counts as written (never
+//! "missing") here, and a preset that cannot apply is one problem, not one more for every
+//! setting it would have filled. Secrets are resolved here, because an unset variable or a
+//! missing file is a configuration error that must stop start-up before anything binds.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,58 +13,85 @@ use std::ops::Range;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Scheme;
 use http::{HeaderMap, StatusCode, Uri};
-use toml::Spanned;
 
-use super::raw::{FlowKind, RawAuth, RawConfig, RawUpstream};
+use super::keys::{upstream_label, Keys};
+use super::preset::PresetError;
+use super::raw::{Field, FlowKind, RawAuth, RawConfig, RawLimits, RawUpstream};
 use super::*;
 use crate::headers::is_hop_by_hop;
 use crate::secret::{LoadedSecret, SecretSource};
 
-pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
+/// The value of an optional field, if it is written and readable.
+fn value<T>(field: &Option<Field<T>>) -> Option<&T> {
+    field.as_ref().and_then(Field::get)
+}
+
+/// Validates `raw`, read from `text`, adding to `problems` (what was found while reading it).
+pub(super) fn validate(
+    raw: RawConfig,
+    text: &str,
+    keys: &Keys,
+    problems: Vec<Problem>,
+) -> Result<Config, ConfigError> {
     let mut v = Validator {
         text,
-        problems: Vec::new(),
+        keys,
+        problems,
         warnings: Vec::new(),
         names: HashSet::new(),
         listens: BTreeMap::new(),
     };
-    let admin = raw.admin.and_then(|a| {
-        let line = v.line(&a.listen.span());
-        v.listen("admin.listen", &a.listen)
-            .map(|listen| (AdminConfig { listen }, line))
+    let admin = raw.admin.and_then(|a| match &a.listen {
+        Some(listen) => v.listen("admin.listen", listen),
+        None => {
+            let line = keys.line("admin").unwrap_or(1);
+            let msg = "missing: the admin endpoints' address, such as \"127.0.0.1:9901\"";
+            v.missing(line, "admin.listen", msg.into());
+            None
+        }
     });
     let log = LogConfig {
         level: raw
             .log
             .as_ref()
-            .and_then(|l| l.level.clone())
+            .and_then(|l| value(&l.level))
+            .cloned()
             .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
-        format: raw.log.as_ref().and_then(|l| l.format).unwrap_or_default(),
+        format: raw
+            .log
+            .as_ref()
+            .and_then(|l| value(&l.format))
+            .copied()
+            .unwrap_or_default(),
     };
+    let limits = v.limits(raw.limits.as_ref());
     if raw.upstream.is_empty() {
-        v.problem(
+        // Not when `[[upstreams]]` is already reported as a misspelling of it.
+        v.missing(
             1,
             "upstream",
             "no `[[upstream]]` is configured; the sidecar would do nothing".into(),
         );
     }
-    if let Some((admin, _)) = &admin {
-        v.listens.insert(admin.listen, "admin".into());
+    if let Some(listen) = admin {
+        v.listens.insert(listen, "admin".into());
     }
     let mut upstreams = Vec::new();
-    for spanned in raw.upstream {
+    for (index, spanned) in raw.upstream.into_iter().enumerate() {
         let span = spanned.span();
-        if let Some(u) = v.upstream(spanned.into_inner(), span) {
+        if let Some(u) = v.upstream(spanned.into_inner(), span, index) {
             upstreams.push(u);
         }
     }
     if !v.problems.is_empty() {
+        v.problems.sort_by_key(|p| p.line);
         return Err(ConfigError::Invalid(v.problems));
     }
     Ok(Config {
-        shutdown_grace: raw.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
-        admin: admin.map(|(a, _)| a),
+        shutdown_grace: value(&raw.shutdown_grace).map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        admin: admin.map(|listen| AdminConfig { listen }),
         log,
+        limits,
         upstreams,
         warnings: v.warnings,
         text: text.into(),
@@ -71,6 +100,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError
 
 struct Validator<'a> {
     text: &'a str,
+    keys: &'a Keys,
     problems: Vec<Problem>,
     warnings: Vec<String>,
     /// Upstream names seen so far, to refuse duplicates.
@@ -81,8 +111,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn line(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        self.text[..end].matches('\n').count() + 1
+        line_of(self.text, span.start)
     }
 
     fn problem(&mut self, line: usize, key: &str, message: String) {
@@ -93,119 +122,278 @@ impl Validator<'_> {
         });
     }
 
-    fn spanned_problem<T>(&mut self, at: &Spanned<T>, key: &str, message: String) {
-        let line = self.line(&at.span());
+    /// `key` is not written. Unless a misspelling of it is, which is already reported.
+    fn missing(&mut self, line: usize, key: &str, message: String) {
+        if !self.keys.meant(key) {
+            self.problem(line, key, message);
+        }
+    }
+
+    /// A problem on the line where `span` starts.
+    fn at(&mut self, span: &Range<usize>, key: &str, message: String) {
+        let line = self.line(span);
         self.problem(line, key, message);
     }
 
-    fn upstream(&mut self, raw: RawUpstream, span: Range<usize>) -> Option<UpstreamConfig> {
-        let line = self.line(&span);
-        let name = raw.name.get_ref().clone();
-        let valid_name = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid_name {
-            self.spanned_problem(
-                &raw.name,
-                "upstream.name",
-                format!("{name:?} is not a valid name: use lower-case letters, digits and `-`"),
-            );
-        }
-        let key = |k: &str| format!("upstream.{name}.{k}");
-        if !self.names.insert(name.clone()) {
-            self.spanned_problem(
-                &raw.name,
-                &key("name"),
-                "duplicate upstream name; names must be unique".into(),
-            );
-        }
-        let (auth_line, auth_span, mut auth) = match raw.auth {
-            Some(a) => (self.line(&a.span()), a.span(), a.into_inner()),
-            None => (line, span.clone(), RawAuth::default()),
+    fn limits(&mut self, raw: Option<&RawLimits>) -> Limits {
+        let mut limits = Limits::default();
+        let Some(raw) = raw else {
+            return limits;
         };
-        let mut target = raw.target;
-        if let Some(preset) = raw.preset {
-            let environment = raw.environment.as_ref().map(|e| e.get_ref().as_str());
-            let explicit_target = target.as_ref().map(|t| t.get_ref().as_str());
-            match preset.defaults(environment, explicit_target) {
-                Ok(d) => preset::fill(d, &mut target, &mut auth, auth_span),
-                Err(msg) => self.problem(line, &key("preset"), msg),
+        if let Some(field) = &raw.max_connections {
+            if let Some(&n) = field.get() {
+                match usize::try_from(n) {
+                    Ok(n) if n >= 1 => limits.max_connections = n,
+                    _ => self.at(
+                        &field.span(),
+                        "limits.max_connections",
+                        format!("must be at least 1 (got {n}): no application could connect"),
+                    ),
+                }
             }
-        } else if let Some(env) = &raw.environment {
-            self.spanned_problem(
-                env,
-                &key("environment"),
-                "`environment` only applies with a `preset`".into(),
-            );
         }
-        let listen = self.listen(&key("listen"), &raw.listen);
-        // Port 0 asks the OS for a free port: many listeners may share that spelling.
-        if let Some(addr) = listen.filter(|a| a.port() != 0) {
-            if let Some(other) = self.listens.insert(addr, name.clone()) {
-                self.spanned_problem(
-                    &raw.listen,
-                    &key("listen"),
-                    format!("{addr} is already the listen address of `{other}`"),
-                );
+        for (name, field, slot) in [
+            (
+                "header_read_timeout",
+                &raw.header_read_timeout,
+                &mut limits.header_read_timeout,
+            ),
+            ("idle_timeout", &raw.idle_timeout, &mut limits.idle_timeout),
+            (
+                "body_read_timeout",
+                &raw.body_read_timeout,
+                &mut limits.body_read_timeout,
+            ),
+        ] {
+            let Some(field) = field else { continue };
+            match field.get() {
+                Some(d) if d.0.is_zero() => self.at(
+                    &field.span(),
+                    &format!("limits.{name}"),
+                    "must be greater than zero: every connection would be cut at once".into(),
+                ),
+                Some(d) => *slot = d.0,
+                None => {}
+            }
+        }
+        if let Some(size) = value(&raw.max_buffered) {
+            limits.max_buffered = size.0;
+        }
+        limits
+    }
+
+    fn upstream(
+        &mut self,
+        raw: RawUpstream,
+        span: Range<usize>,
+        index: usize,
+    ) -> Option<UpstreamConfig> {
+        let line = self.line(&span);
+        let name = value(&raw.name).cloned();
+        let label = upstream_label(index, name.as_deref());
+        let key = |k: &str| format!("upstream.{label}.{k}");
+        match (&raw.name, &name) {
+            (None, _) => self.missing(
+                line,
+                &key("name"),
+                "missing: every upstream needs a `name` ([a-z0-9-]+, unique)".into(),
+            ),
+            (Some(field), Some(name)) => {
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !valid {
+                    self.at(
+                        &field.span(),
+                        "upstream.name",
+                        format!(
+                            "{name:?} is not a valid name: use lower-case letters, digits and `-`"
+                        ),
+                    );
+                }
+                if !self.names.insert(name.clone()) {
+                    self.at(
+                        &field.span(),
+                        &key("name"),
+                        "duplicate upstream name; names must be unique".into(),
+                    );
+                }
+            }
+            (Some(_), None) => {}
+        }
+        // Problems of `[upstream.auth]` as a whole, and values a preset supplies, are shown at
+        // its header (or first dotted key), else at the upstream's.
+        let auth_span = self
+            .keys
+            .span_by_position(&format!("upstream.#{}.auth", index + 1))
+            .filter(|_| raw.auth.is_some())
+            .unwrap_or(span);
+        let auth_line = self.line(&auth_span);
+        let mut auth = raw.auth.unwrap_or_default();
+        let mut target = raw.target;
+        // Whether a preset is written but cannot apply: what it would have filled is then not
+        // reported missing as well.
+        let mut preset_failed = false;
+        match (&raw.preset, raw.preset.as_ref().and_then(Field::get)) {
+            (Some(written), Some(&preset)) => {
+                let environment = value(&raw.environment).map(String::as_str);
+                let explicit_target = value(&target).map(String::as_str);
+                let unreadable = raw.environment.as_ref().is_some_and(|e| e.get().is_none());
+                let defaults = if unreadable {
+                    None
+                } else {
+                    Some(preset.defaults(environment, explicit_target))
+                };
+                match defaults {
+                    Some(Ok(d)) => preset::fill(d, &mut target, &mut auth, auth_span),
+                    failed => {
+                        preset_failed = true;
+                        // The flow does not depend on the environment: credentials are still
+                        // checked against it.
+                        if auth.flow.is_none() {
+                            auth.flow = Some(Field::new(auth_span, preset.flow()));
+                        }
+                        match failed {
+                            Some(Err(PresetError::Environment(msg))) => {
+                                let at =
+                                    raw.environment.as_ref().map_or(written.span(), Field::span);
+                                self.at(&at, &key("environment"), msg);
+                            }
+                            // An unreadable `target` is already reported.
+                            Some(Err(PresetError::NeedsTarget(msg))) if target.is_none() => {
+                                self.at(&written.span(), &key("target"), msg);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            (Some(_), None) => preset_failed = true,
+            (None, _) => {
+                if let Some(env) = &raw.environment {
+                    self.at(
+                        &env.span(),
+                        &key("environment"),
+                        "`environment` only applies with a `preset`".into(),
+                    );
+                }
+            }
+        }
+        let listen = match &raw.listen {
+            Some(field) => self.listen(&key("listen"), field),
+            None => {
+                let msg =
+                    "missing: the address applications send to, such as \"8081\" (127.0.0.1:8081)";
+                self.missing(line, &key("listen"), msg.into());
+                None
+            }
+        };
+        // `None`: written, but not a boolean (already reported), so what it meant is unknown.
+        let allow_remote = match &raw.allow_remote {
+            Some(field) => field.get().copied(),
+            None => Some(false),
+        };
+        if let (Some(addr), Some(field)) = (listen, &raw.listen) {
+            if let Some(allow_remote) = allow_remote {
+                self.exposure(&key("listen"), addr, &field.span(), allow_remote);
+            }
+            // Port 0 asks the OS for a free port: many listeners may share that spelling.
+            if addr.port() != 0 {
+                if let Some(other) = self.listens.insert(addr, label.clone()) {
+                    self.at(
+                        &field.span(),
+                        &key("listen"),
+                        format!("{addr} is already the listen address of `{other}`"),
+                    );
+                }
             }
         }
         let target = match &target {
             Some(t) => self.target(&key("target"), t),
+            None if preset_failed => None,
             None => {
-                self.problem(line, &key("target"), "missing: the API's base URL, such as \"https://qa.api.nuvy.ai\" (or use a `preset`)".into());
+                self.missing(line, &key("target"), "missing: the API's base URL, such as \"https://qa.api.nuvy.ai\" (or use a `preset`)".into());
                 None
             }
         };
-        let headers = match &raw.headers {
-            Some(h) => self.headers(self.line(&h.span()), &key("headers"), h.get_ref()),
+        let headers = match raw
+            .headers
+            .as_ref()
+            .and_then(|h| Some((h.span(), h.get()?)))
+        {
+            Some((span, map)) => self.headers(self.line(&span), &key("headers"), map),
             None => HeaderMap::new(),
         };
-        let retry_on = match raw.retry_on {
-            Some(r) => self.retry_on(self.line(&r.span()), &key("retry_on"), Some(r.into_inner())),
-            None => self.retry_on(line, &key("retry_on"), None),
+        let retry_on = match &raw.retry_on {
+            Some(field) => {
+                let codes = field.get().cloned().unwrap_or_default();
+                self.retry_on(self.line(&field.span()), &key("retry_on"), codes)
+            }
+            None => self.retry_on(line, &key("retry_on"), DEFAULT_RETRY_ON.to_vec()),
         };
-        if let Some(ca) = &raw.ca_file {
-            if let Err(msg) = check_ca_file(ca.get_ref()) {
-                self.spanned_problem(ca, &key("ca_file"), msg);
+        if let Some(field) = &raw.ca_file {
+            if let Some(Err(msg)) = field.get().map(|path| check_ca_file(path)) {
+                self.at(&field.span(), &key("ca_file"), msg);
             }
         }
-        for (name, d) in [
-            ("connect_timeout", raw.connect_timeout),
-            ("request_timeout", raw.request_timeout),
+        for (name, field) in [
+            ("connect_timeout", &raw.connect_timeout),
+            ("request_timeout", &raw.request_timeout),
         ] {
-            if d.is_some_and(|d| d.0.is_zero()) {
-                let msg = "must be greater than zero: every request would time out".into();
-                self.problem(line, &key(name), msg);
+            if let Some(field) = field {
+                if field.get().is_some_and(|d| d.0.is_zero()) {
+                    let msg = "must be greater than zero: every request would time out".into();
+                    self.at(&field.span(), &key(name), msg);
+                }
             }
         }
-        let auth = self.auth(auth_line, &format!("upstream.{name}.auth"), auth);
+        let auth = self.auth(auth_line, &key("auth"), auth, preset_failed);
         Some(UpstreamConfig {
-            name,
+            name: name?,
             listen: listen?,
+            allow_remote: allow_remote.unwrap_or(false),
             target: target?,
             headers,
             retry_on,
-            max_replay_body: raw.max_replay_body.map_or(DEFAULT_MAX_REPLAY_BODY, |s| s.0),
-            connect_timeout: raw.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
-            request_timeout: raw.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0),
-            ca_file: raw.ca_file.map(Spanned::into_inner),
+            max_replay_body: value(&raw.max_replay_body).map_or(DEFAULT_MAX_REPLAY_BODY, |s| s.0),
+            connect_timeout: value(&raw.connect_timeout).map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+            request_timeout: value(&raw.request_timeout).map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0),
+            ca_file: raw.ca_file.and_then(Field::into_value),
             auth: auth?,
         })
     }
 
-    fn listen(&mut self, key: &str, raw: &Spanned<String>) -> Option<SocketAddr> {
-        match parse_listen(raw.get_ref()) {
+    fn listen(&mut self, key: &str, field: &Field<String>) -> Option<SocketAddr> {
+        match parse_listen(field.get()?) {
             Ok(addr) => Some(addr),
             Err(msg) => {
-                self.spanned_problem(raw, key, msg);
+                self.at(&field.span(), key, msg);
                 None
             }
         }
     }
 
-    fn target(&mut self, key: &str, raw: &Spanned<String>) -> Option<Target> {
-        let uri = self.url(key, raw)?;
+    /// An upstream's listener hands out its credentials to whoever connects: only loopback,
+    /// unless the operator says otherwise with `allow_remote`.
+    fn exposure(&mut self, key: &str, addr: SocketAddr, span: &Range<usize>, allow_remote: bool) {
+        if is_loopback(addr.ip()) {
+            return;
+        }
+        if allow_remote {
+            self.warnings.push(format!("`{key}` is {addr} (allow_remote = true): anyone who can reach that port sends requests with this upstream's credentials"));
+            return;
+        }
+        let port = addr.port();
+        self.at(
+            span,
+            key,
+            format!("{addr} is not a loopback address: anyone who can reach this port would send requests with this upstream's credentials. Listen on loopback (\"{port}\" or \"127.0.0.1:{port}\"), or, if other hosts must reach it, set `allow_remote = true` in this `[[upstream]]`"),
+        );
+    }
+
+    fn target(&mut self, key: &str, field: &Field<String>) -> Option<Target> {
+        let uri = self.url(key, &field.span(), field.get()?)?;
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let parts = uri.into_parts();
         Some(Target {
@@ -216,8 +404,7 @@ impl Validator<'_> {
     }
 
     /// An absolute http(s) URL without credentials, query or fragment.
-    fn url(&mut self, key: &str, raw: &Spanned<String>) -> Option<Uri> {
-        let text = raw.get_ref();
+    fn url(&mut self, key: &str, span: &Range<usize>, text: &str) -> Option<Uri> {
         let checked = (|| {
             let uri: Uri = text
                 .parse()
@@ -251,7 +438,7 @@ impl Validator<'_> {
                 Some(uri)
             }
             Err(msg) => {
-                self.spanned_problem(raw, key, msg);
+                self.at(span, key, msg);
                 None
             }
         }
@@ -286,8 +473,7 @@ impl Validator<'_> {
         map
     }
 
-    fn retry_on(&mut self, line: usize, key: &str, raw: Option<Vec<u16>>) -> Vec<StatusCode> {
-        let codes = raw.unwrap_or_else(|| DEFAULT_RETRY_ON.to_vec());
+    fn retry_on(&mut self, line: usize, key: &str, codes: Vec<u16>) -> Vec<StatusCode> {
         codes
             .into_iter()
             .filter_map(|c| match StatusCode::from_u16(c) {
@@ -304,30 +490,75 @@ impl Validator<'_> {
             .collect()
     }
 
-    fn secret(&mut self, key: &str, raw: &Spanned<SecretSource>) -> Option<LoadedSecret> {
-        let source = raw.get_ref().clone();
+    fn secret(
+        &mut self,
+        key: &str,
+        span: &Range<usize>,
+        source: &SecretSource,
+    ) -> Option<LoadedSecret> {
         if source.is_literal() {
             self.warnings.push(format!("`{key}` is written in the configuration file; use {{ env = ... }} or {{ file = ... }} outside local development"));
         }
         match source.resolve() {
-            Ok(value) => Some(LoadedSecret { source, value }),
+            Ok(value) => Some(LoadedSecret {
+                source: source.clone(),
+                value,
+            }),
             Err(e) => {
-                self.spanned_problem(raw, key, e.to_string());
+                self.at(span, key, e.to_string());
                 None
             }
         }
     }
 
-    fn auth(&mut self, line: usize, key: &str, raw: RawAuth) -> Option<AuthConfig> {
-        let Some(kind) = raw.flow else {
-            self.problem(line, &format!("{key}.flow"), "missing: one of client_credentials, password, nexushub, static, none (or use a `preset`)".into());
-            return None;
+    /// Problems with values every flow accepts, whatever the flow turns out to be.
+    fn check_timing(&mut self, key: &str, raw: &RawAuth) {
+        for (name, field) in [
+            ("token_lifetime", &raw.token_lifetime),
+            ("timeout", &raw.timeout),
+            ("refresh_before", &raw.refresh_before),
+        ] {
+            let Some(field) = field else { continue };
+            if field.get().is_some_and(|d| d.0.is_zero()) {
+                let msg = "must be greater than zero".into();
+                self.at(&field.span(), &format!("{key}.{name}"), msg);
+            }
+        }
+        // Checked whatever the flow, like the values above; `static` and `none` ignore it.
+        if let Some(field) = &raw.token_wait {
+            if let Some(d) = field.get().map(|d| d.0).filter(|d| *d > MAX_TOKEN_WAIT) {
+                let msg = format!(
+                    "must be at most {} (got {}): an application request would hang that long waiting for a token",
+                    humantime::format_duration(MAX_TOKEN_WAIT),
+                    humantime::format_duration(d)
+                );
+                self.at(&field.span(), &format!("{key}.token_wait"), msg);
+            }
+        }
+    }
+
+    fn auth(
+        &mut self,
+        line: usize,
+        key: &str,
+        raw: RawAuth,
+        preset_failed: bool,
+    ) -> Option<AuthConfig> {
+        self.check_timing(key, &raw);
+        let kind = match &raw.flow {
+            Some(flow) => *flow.get()?,
+            None if preset_failed => return None,
+            None => {
+                self.missing(line, &format!("{key}.flow"), "missing: one of client_credentials, password, nexushub, static, none (or use a `preset`)".into());
+                return None;
+            }
         };
         let mut f = FlowFields {
             v: self,
             key,
             line,
             kind,
+            preset_failed,
             ok: true,
         };
         f.forbid_others(&raw);
@@ -338,10 +569,11 @@ impl Validator<'_> {
                 Flow::ClientCredentials(ClientCredentials {
                     token_url: token_url?,
                     client: client??,
-                    scope: raw.scope.map(Spanned::into_inner),
+                    scope: raw.scope.and_then(Field::into_value),
                     extra_params: raw
                         .extra_params
-                        .map(|e| e.into_inner().into_iter().collect())
+                        .and_then(Field::into_value)
+                        .map(|e| e.into_iter().collect())
                         .unwrap_or_default(),
                 })
             }
@@ -349,20 +581,16 @@ impl Validator<'_> {
                 let token_url = f.url("token_url", &raw.token_url);
                 let username = f.required("username", &raw.username);
                 let password = f.required("password", &raw.password);
-                let totp_secret = raw
-                    .totp_secret
-                    .as_ref()
-                    .and_then(|t| f.v.secret(&format!("{key}.totp_secret"), t));
-                if let Some(t) = &totp_secret {
-                    if crate::token::totp::check_secret(&t.value).is_err() {
-                        f.v.problem(
-                            line,
-                            &format!("{key}.totp_secret"),
-                            "not a valid base32 RFC 6238 secret".into(),
-                        );
+                let totp_key = format!("{key}.totp_secret");
+                let totp_secret = raw.totp_secret.as_ref().and_then(|field| {
+                    let secret = f.v.secret(&totp_key, &field.span(), field.get()?)?;
+                    if crate::token::totp::check_secret(&secret.value).is_err() {
+                        let msg = "not a valid base32 RFC 6238 secret".into();
+                        f.v.at(&field.span(), &totp_key, msg);
                         f.ok = false;
                     }
-                }
+                    Some(secret)
+                });
                 let client = f.client(&raw, false);
                 Flow::Password(PasswordGrant {
                     token_url: token_url?,
@@ -370,10 +598,11 @@ impl Validator<'_> {
                     password: password?,
                     totp_secret,
                     client: client?,
-                    scope: raw.scope.map(Spanned::into_inner),
+                    scope: raw.scope.and_then(Field::into_value),
                     extra_params: raw
                         .extra_params
-                        .map(|e| e.into_inner().into_iter().collect())
+                        .and_then(Field::into_value)
+                        .map(|e| e.into_iter().collect())
                         .unwrap_or_default(),
                 })
             }
@@ -394,7 +623,8 @@ impl Validator<'_> {
                 let token = f.required("token", &raw.token)?;
                 if crate::headers::bearer(token.value.expose()).is_none() {
                     let msg = "the token holds characters an HTTP header cannot carry".into();
-                    f.v.problem(line, &format!("{key}.token"), msg);
+                    let span = raw.token.as_ref().map_or(0..0, Field::span);
+                    f.v.at(&span, &format!("{key}.token"), msg);
                     return None;
                 }
                 Flow::Static(token)
@@ -404,43 +634,15 @@ impl Validator<'_> {
         if !f.ok {
             return None;
         }
-        let token_lifetime = raw.token_lifetime.map_or(DEFAULT_TOKEN_LIFETIME, |d| d.0);
-        for (name, d) in [
-            ("token_lifetime", Some(token_lifetime)),
-            ("timeout", raw.timeout.map(|d| d.0)),
-            ("refresh_before", raw.refresh_before.map(|d| d.0)),
-        ] {
-            if d == Some(Duration::ZERO) {
-                self.problem(
-                    line,
-                    &format!("{key}.{name}"),
-                    "must be greater than zero".into(),
-                );
-            }
-        }
-        // Checked whatever the flow, like the values above; `static` and `none` ignore it.
-        let token_wait = raw.token_wait.map(|d| (d.span(), d.into_inner().0));
-        if let Some((span, d)) = &token_wait {
-            if *d > MAX_TOKEN_WAIT {
-                let line = self.line(span);
-                let msg = format!(
-                    "must be at most {} (got {}): an application request would hang that long waiting for a token",
-                    humantime::format_duration(MAX_TOKEN_WAIT),
-                    humantime::format_duration(*d)
-                );
-                self.problem(line, &format!("{key}.token_wait"), msg);
-            }
-        }
         Some(AuthConfig {
             flow,
-            refresh_before: raw.refresh_before.map(|d| d.0),
-            min_refresh_interval: raw
-                .min_refresh_interval
+            refresh_before: value(&raw.refresh_before).map(|d| d.0),
+            min_refresh_interval: value(&raw.min_refresh_interval)
                 .map_or(DEFAULT_MIN_REFRESH_INTERVAL, |d| d.0),
-            token_lifetime,
-            timeout: raw.timeout.map_or(DEFAULT_TOKEN_TIMEOUT, |d| d.0),
-            prefetch: raw.prefetch.unwrap_or(true),
-            token_wait: token_wait.map_or(DEFAULT_TOKEN_WAIT, |(_, d)| d),
+            token_lifetime: value(&raw.token_lifetime).map_or(DEFAULT_TOKEN_LIFETIME, |d| d.0),
+            timeout: value(&raw.timeout).map_or(DEFAULT_TOKEN_TIMEOUT, |d| d.0),
+            prefetch: value(&raw.prefetch).copied().unwrap_or(true),
+            token_wait: value(&raw.token_wait).map_or(DEFAULT_TOKEN_WAIT, |d| d.0),
         })
     }
 }
@@ -451,37 +653,43 @@ struct FlowFields<'v, 'a> {
     key: &'v str,
     line: usize,
     kind: FlowKind,
+    /// The upstream's preset could not apply: the URLs it supplies are not reported missing.
+    preset_failed: bool,
     ok: bool,
 }
 
 impl FlowFields<'_, '_> {
     fn missing(&mut self, field: &str) {
+        self.ok = false;
+        if self.preset_failed && (field == "token_url" || field == "auth_url") {
+            return;
+        }
         let msg = format!("missing: flow `{}` needs `{field}`", self.kind.name());
         self.v
-            .problem(self.line, &format!("{}.{field}", self.key), msg);
-        self.ok = false;
+            .missing(self.line, &format!("{}.{field}", self.key), msg);
     }
 
-    fn required(
-        &mut self,
-        field: &str,
-        raw: &Option<Spanned<SecretSource>>,
-    ) -> Option<LoadedSecret> {
+    fn required(&mut self, field: &str, raw: &Option<Field<SecretSource>>) -> Option<LoadedSecret> {
         let Some(raw) = raw else {
             self.missing(field);
             return None;
         };
-        let got = self.v.secret(&format!("{}.{field}", self.key), raw);
+        let got = raw.get().and_then(|s| {
+            self.v
+                .secret(&format!("{}.{field}", self.key), &raw.span(), s)
+        });
         self.ok &= got.is_some();
         got
     }
 
-    fn url(&mut self, field: &str, raw: &Option<Spanned<String>>) -> Option<Uri> {
+    fn url(&mut self, field: &str, raw: &Option<Field<String>>) -> Option<Uri> {
         let Some(raw) = raw else {
             self.missing(field);
             return None;
         };
-        let got = self.v.url(&format!("{}.{field}", self.key), raw);
+        let got = raw
+            .get()
+            .and_then(|u| self.v.url(&format!("{}.{field}", self.key), &raw.span(), u));
         self.ok &= got.is_some();
         got
     }
@@ -496,23 +704,19 @@ impl FlowFields<'_, '_> {
         Some(Some(Client {
             id: id?,
             secret: secret?,
-            auth: raw
-                .client_auth
-                .as_ref()
-                .map(|c| *c.get_ref())
-                .unwrap_or_default(),
+            auth: value(&raw.client_auth).copied().unwrap_or_default(),
         }))
     }
 
     fn forbid_others(&mut self, raw: &RawAuth) {
         use FlowKind::*;
-        fn at<T>(field: &Option<Spanned<T>>) -> Option<Range<usize>> {
-            field.as_ref().map(Spanned::span)
+        fn at<T>(field: &Option<Field<T>>) -> Option<Range<usize>> {
+            field.as_ref().map(Field::span)
         }
         const TOKEN_ENDPOINT: &[FlowKind] = &[ClientCredentials, Password];
         /// A field's name, where it is written (if it is), and the flows it belongs to.
-        type Field = (&'static str, Option<Range<usize>>, &'static [FlowKind]);
-        let present: [Field; 13] = [
+        type Written = (&'static str, Option<Range<usize>>, &'static [FlowKind]);
+        let present: [Written; 13] = [
             ("token_url", at(&raw.token_url), TOKEN_ENDPOINT),
             ("client_id", at(&raw.client_id), TOKEN_ENDPOINT),
             ("client_secret", at(&raw.client_secret), TOKEN_ENDPOINT),
@@ -536,12 +740,16 @@ impl FlowFields<'_, '_> {
                     self.kind.name(),
                     users.join(", ")
                 );
-                let line = self.v.line(&span);
-                self.v.problem(line, &format!("{}.{field}", self.key), msg);
+                self.v.at(&span, &format!("{}.{field}", self.key), msg);
                 self.ok = false;
             }
         }
     }
+}
+
+/// Loopback, including IPv4 loopback written as IPv6 (`::ffff:127.0.0.1`).
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// The file must hold at least one PEM certificate: found now, it is an exit 64, not a failure

@@ -247,3 +247,33 @@ impl Http {
         Reply::read(self.client.request(request).await.unwrap()).await
     }
 }
+
+/// A CA and a `localhost` server certificate it signed, for TLS stand-ins and upstreams.
+pub struct Pki {
+    pub ca_pem: String,
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub key: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+/// A fresh [`Pki`].
+pub fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "nexus-sidecar test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        chain: vec![leaf_cert.der().clone()],
+        key: rustls_pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+    }
+}

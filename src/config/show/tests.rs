@@ -1,10 +1,15 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::config::Limits;
 
 /// Every flow, a preset, each kind of secret, non-default timings and odd header names.
 fn sample() -> String {
-    let dir = std::env::temp_dir().join(format!("nexus-show-{}", std::process::id()));
+    // A directory per call: tests run in parallel, and one must not read a file another is
+    // rewriting.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("nexus-show-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("secret");
     std::fs::write(&file, "from-file\n").unwrap();
@@ -17,13 +22,17 @@ listen = "9901"
 [log]
 level = "nexus_sidecar=debug,hyper=info"
 format = "json"
+[limits]
+max_connections = 100
+idle_timeout = "90s"
+max_buffered = "16MiB"
 
 [[upstream]]
 name = "nuvy"
 preset = "nuvy-nexus"
 environment = "qa"
 listen = "8081"
-headers = {{ request_iso8601 = "true", "x.odd!" = "a \"quoted\" value" }}
+headers = {{ request_iso8601 = "true", "x.odd!" = "a \"quoted\" value", x-api-key = "HEADER-VALUE-1" }}
 retry_on = [401, 403]
 max_replay_body = "64KiB"
   [upstream.auth]
@@ -75,7 +84,8 @@ target = "https://internal.example/v2"
 
 [[upstream]]
 name = "public"
-listen = "8087"
+listen = "0.0.0.0:8087"
+allow_remote = true
 target = "https://public.example"
   [upstream.auth]
   flow = "none"
@@ -97,6 +107,11 @@ fn the_effective_configuration_loads_again_into_the_same_upstreams() {
     );
     assert_eq!(format!("{:?}", first.log), format!("{:?}", second.log));
     assert_eq!(first.shutdown_grace, second.shutdown_grace);
+    assert_eq!(first.limits, second.limits);
+    assert_eq!(
+        first.warnings, second.warnings,
+        "allow_remote = true warns both times"
+    );
     assert_eq!(
         first.admin.as_ref().map(|a| a.listen),
         second.admin.as_ref().map(|a| a.listen)
@@ -132,6 +147,9 @@ fn presets_are_expanded_defaults_filled_and_secrets_shown_by_source() {
         "prefetch = false",
         "token_wait = \"5s\"",
         "token_wait = \"250ms\"",
+        "\n[limits]\nmax_connections = 100\nheader_read_timeout = \"10s\"\nidle_timeout = \"1m 30s\"\nbody_read_timeout = \"30s\"\nmax_buffered = \"16MiB\"\n",
+        "listen = \"0.0.0.0:8087\"\nallow_remote = true\n",
+        "listen = \"127.0.0.1:8081\"\nallow_remote = false\n",
     ] {
         assert!(printed.contains(expected), "{expected}\n---\n{printed}");
     }
@@ -139,4 +157,35 @@ fn presets_are_expanded_defaults_filled_and_secrets_shown_by_source() {
     for value in ["LITERAL-VALUE", "from-file", "GEZDGNBVGY3TQOJQ"] {
         assert!(!printed.contains(value), "{value} leaked:\n{printed}");
     }
+}
+
+#[test]
+fn every_static_header_value_prints_masked() {
+    let printed = Config::from_toml(&sample()).unwrap().to_toml();
+    assert!(
+        printed.contains(
+            "headers = { request_iso8601 = \"***\", x-api-key = \"***\", \"x.odd!\" = \"***\" }"
+        ),
+        "{printed}"
+    );
+    for value in ["HEADER-VALUE", "quoted", "\"true\""] {
+        assert!(!printed.contains(value), "{value} leaked:\n{printed}");
+    }
+}
+
+#[test]
+fn defaults_of_limits_print_too() {
+    let c = Config::from_toml(
+        "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n[upstream.auth]\nflow = \"none\"\n",
+    )
+    .unwrap();
+    let printed = c.to_toml();
+    assert!(
+        printed.contains("\n[limits]\nmax_connections = 4096\nheader_read_timeout = \"10s\"\nidle_timeout = \"1m\"\nbody_read_timeout = \"30s\"\nmax_buffered = \"64MiB\"\n"),
+        "{printed}"
+    );
+    assert_eq!(
+        Config::from_toml(&printed).unwrap().limits,
+        Limits::default()
+    );
 }

@@ -1,21 +1,34 @@
 //! Prometheus metrics: what is counted, and a recording path with no lock in it.
 //!
-//! Encoding is prometheus-client's. Recording is kept off every lock: each upstream resolves its
-//! metric handles once ([`Metrics::upstream`]), and a handle is an `Arc` of atomics, so a request
-//! pays a few atomic adds. prometheus-client's own histogram takes a mutex per observation, so
-//! durations go to [`AtomicHistogram`], which encodes through the same `EncodeMetric` interface.
-//! Labels are upstream names and fixed words: never a path, a token or anything a client chose.
+//! Encoding is prometheus-client's (OpenMetrics); the `exposition` module derives Prometheus
+//! text format 0.0.4 from it. Recording is kept off every lock: each upstream resolves its
+//! metric handles once ([`Metrics::upstream`]), the limit counters are resolved at start, and a
+//! handle is an `Arc` of atomics, so a request pays a few atomic adds. prometheus-client's own
+//! histogram takes a mutex per observation, so durations go to [`AtomicHistogram`]. Labels are
+//! upstream names and fixed words: never a path, a token or anything a client chose. The
+//! `process_*` metrics are read from `/proc` at scrape time (`process`, Linux only).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+mod exposition;
+mod histogram;
+#[cfg(target_os = "linux")]
+mod process;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+pub use exposition::Format;
+pub use histogram::AtomicHistogram;
+
+use exposition::Text004;
+use histogram::MAX_BUCKETS;
 
 /// Request durations, seconds: from a fast local hop to a slow API.
 const REQUEST_BUCKETS: [f64; 12] = [
@@ -23,6 +36,7 @@ const REQUEST_BUCKETS: [f64; 12] = [
 ];
 /// Token request durations, seconds.
 const TOKEN_BUCKETS: [f64; 8] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const _: () = assert!(REQUEST_BUCKETS.len() < MAX_BUCKETS && TOKEN_BUCKETS.len() < MAX_BUCKETS);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabel {
@@ -41,10 +55,18 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
 /// Every metric the sidecar exports, registered once.
 #[derive(Debug)]
 pub struct Metrics {
+    /// `nexus_sidecar_*`.
     registry: Registry,
+    /// `process_*`, unprefixed (empty off Linux).
+    process: Registry,
     requests: Family<StatusLabels, Counter>,
     request_duration: Family<UpstreamLabel, AtomicHistogram, fn() -> AtomicHistogram>,
     token_fetches: Family<OutcomeLabels, Counter>,
@@ -52,6 +74,10 @@ pub struct Metrics {
     token_expiry: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     replays: Family<OutcomeLabels, Counter>,
     connections: Family<UpstreamLabel, Gauge>,
+    /// One handle per [`Limit`], resolved at start.
+    limits: [Counter; 5],
+    /// The length of the last exposition, to size the next one's buffer.
+    last_len: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -66,14 +92,21 @@ impl Default for Metrics {
         let token_expiry = Family::default();
         let replays = Family::default();
         let connections = Family::default();
+        let limit_hits = Family::<LimitLabel, Counter>::default();
+        let limits = Limit::ALL.map(|limit| {
+            limit_hits.get_or_create_owned(&LimitLabel {
+                limit: limit.label(),
+            })
+        });
         registry.register(
             "requests",
             "Requests answered, by upstream and status class (error: the sidecar's own answer)",
             requests.clone(),
         );
-        registry.register(
-            "request_duration_seconds",
+        registry.register_with_unit(
+            "request_duration",
             "Time from request received to response headers sent",
+            Unit::Seconds,
             request_duration.clone(),
         );
         registry.register(
@@ -81,14 +114,16 @@ impl Default for Metrics {
             "Token requests, by upstream and outcome",
             token_fetches.clone(),
         );
-        registry.register(
-            "token_fetch_duration_seconds",
+        registry.register_with_unit(
+            "token_fetch_duration",
             "Time one token request took",
+            Unit::Seconds,
             token_fetch_duration.clone(),
         );
-        registry.register(
-            "token_expiry_seconds",
+        registry.register_with_unit(
+            "token_expiry",
             "Seconds until the current token stops being used (0: no live token)",
+            Unit::Seconds,
             token_expiry.clone(),
         );
         registry.register(
@@ -101,8 +136,23 @@ impl Default for Metrics {
             "Application connections currently open",
             connections.clone(),
         );
+        registry.register(
+            "limit_hits",
+            "Times a connection or body limit was reached, by limit",
+            limit_hits,
+        );
+        registry.register(
+            "build_info",
+            "The running build: its version, always 1",
+            BuildInfo,
+        );
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+        let mut process = Registry::default();
+        #[cfg(target_os = "linux")]
+        process.register_collector(Box::<process::ProcessCollector>::default());
         Metrics {
             registry,
+            process,
             requests,
             request_duration,
             token_fetches,
@@ -110,6 +160,8 @@ impl Default for Metrics {
             token_expiry,
             replays,
             connections,
+            limits,
+            last_len: AtomicUsize::new(0),
         }
     }
 }
@@ -179,11 +231,49 @@ impl Metrics {
         self.connections.remove(&label);
     }
 
-    /// The Prometheus text exposition of everything.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+    /// A connection or body limit was reached: counts `limit_hits_total{limit}`. The open
+    /// connections themselves are counted per upstream by [`UpstreamMetrics::connection`].
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limits[limit as usize].inc();
+    }
+
+    /// The exposition of everything in `format` (see [`Format::negotiate`]).
+    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
+        // Sized by the last scrape, so the buffer does not regrow on the way.
+        let capacity = self.last_len.load(Ordering::Relaxed) + 1024;
+        let text = match format {
+            Format::OpenMetrics => {
+                let mut text = String::with_capacity(capacity);
+                encode_registry(&mut text, &self.registry)?;
+                encode_registry(&mut text, &self.process)?;
+                encode_eof(&mut text)?;
+                text
+            }
+            Format::Prometheus => {
+                let mut text = Text004::with_capacity(capacity);
+                encode_registry(&mut text, &self.registry)?;
+                encode_registry(&mut text, &self.process)?;
+                text.finish()
+            }
+        };
+        self.last_len.store(text.len(), Ordering::Relaxed);
         Ok(text)
+    }
+}
+
+/// `build_info{version}`: always 1, so `on() group_left(version)` joins the version in.
+#[derive(Debug)]
+struct BuildInfo;
+
+impl EncodeMetric for BuildInfo {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder
+            .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?
+            .encode_gauge(&1_i64)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
     }
 }
 
@@ -236,6 +326,42 @@ pub struct ConnectionGuard(Gauge);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The `limit` label of `limit_hits_total`: which limit was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `max_connections` connections were open, so the next one waited.
+    MaxConnections,
+    /// A connection sent no complete request head in time.
+    HeaderReadTimeout,
+    /// A connection sat idle too long.
+    IdleTimeout,
+    /// A request body stalled.
+    BodyReadTimeout,
+    /// Buffering a body for replay would have exceeded the memory bound.
+    MaxBuffered,
+}
+
+impl Limit {
+    const ALL: [Limit; 5] = [
+        Limit::MaxConnections,
+        Limit::HeaderReadTimeout,
+        Limit::IdleTimeout,
+        Limit::BodyReadTimeout,
+        Limit::MaxBuffered,
+    ];
+
+    /// The label value (also fit for logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "max_connections",
+            Limit::HeaderReadTimeout => "header_read_timeout",
+            Limit::IdleTimeout => "idle_timeout",
+            Limit::BodyReadTimeout => "body_read_timeout",
+            Limit::MaxBuffered => "max_buffered",
+        }
     }
 }
 
@@ -361,110 +487,5 @@ impl ReplayOutcome {
     }
 }
 
-/// A histogram of durations made of atomics: `observe` takes no lock.
-#[derive(Debug, Clone)]
-pub struct AtomicHistogram(Arc<HistogramInner>);
-
-#[derive(Debug)]
-struct HistogramInner {
-    bounds: &'static [f64],
-    /// Per bucket, non-cumulative; one more than `bounds` for +Inf.
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-}
-
-impl AtomicHistogram {
-    fn new(bounds: &'static [f64]) -> AtomicHistogram {
-        AtomicHistogram(Arc::new(HistogramInner {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }))
-    }
-
-    fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let bucket = self
-            .0
-            .bounds
-            .iter()
-            .position(|&b| seconds <= b)
-            .unwrap_or(self.0.bounds.len());
-        self.0.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.0.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-}
-
-impl TypedMetric for AtomicHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for AtomicHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        // prometheus-client makes the buckets cumulative itself: hand it per-bucket counts.
-        // A scrape racing with requests may miss the ones in flight, which Prometheus tolerates.
-        let mut count = 0;
-        let mut buckets = Vec::with_capacity(self.0.counts.len());
-        for (i, bucket) in self.0.counts.iter().enumerate() {
-            let n = bucket.load(Ordering::Relaxed);
-            count += n;
-            let bound = self.0.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, n));
-        }
-        let sum = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_and_encodes_with_conventional_names() {
-        let metrics = Metrics::default();
-        let nuvy = metrics.upstream("nuvy");
-        nuvy.request(200, false, Duration::from_millis(3));
-        nuvy.request(503, true, Duration::from_millis(30));
-        nuvy.token_fetch(FetchOutcome::Success, Duration::from_millis(20));
-        nuvy.replay(ReplayOutcome::Recovered);
-        nuvy.set_token_expiry(120.0);
-        let guard = nuvy.connection();
-        let text = metrics.encode().unwrap();
-        for line in [
-            r#"nexus_sidecar_requests_total{upstream="nuvy",status="2xx"} 1"#,
-            r#"nexus_sidecar_requests_total{upstream="nuvy",status="error"} 1"#,
-            r#"nexus_sidecar_requests_total{upstream="nuvy",status="4xx"} 0"#,
-            r#"nexus_sidecar_request_duration_seconds_count{upstream="nuvy"} 2"#,
-            r#"nexus_sidecar_request_duration_seconds_bucket{le="0.005",upstream="nuvy"} 1"#,
-            r#"nexus_sidecar_request_duration_seconds_bucket{le="+Inf",upstream="nuvy"} 2"#,
-            r#"nexus_sidecar_request_duration_seconds_sum{upstream="nuvy"} 0.033"#,
-            r#"nexus_sidecar_token_fetches_total{upstream="nuvy",outcome="success"} 1"#,
-            r#"nexus_sidecar_token_fetch_duration_seconds_count{upstream="nuvy"} 1"#,
-            r#"nexus_sidecar_token_expiry_seconds{upstream="nuvy"} 120.0"#,
-            r#"nexus_sidecar_replays_total{upstream="nuvy",outcome="recovered"} 1"#,
-            r#"nexus_sidecar_open_connections{upstream="nuvy"} 1"#,
-        ] {
-            assert!(text.contains(line), "missing {line}\n{text}");
-        }
-        drop(guard);
-        let text = metrics.encode().unwrap();
-        assert!(text.contains(r#"nexus_sidecar_open_connections{upstream="nuvy"} 0"#));
-        metrics.forget("nuvy");
-        assert!(!metrics.encode().unwrap().contains(r#"upstream="nuvy""#));
-    }
-
-    #[test]
-    fn status_classes() {
-        assert_eq!(StatusClass::of(204, false), StatusClass::Success);
-        assert_eq!(StatusClass::of(401, false), StatusClass::ClientError);
-        assert_eq!(StatusClass::of(502, false), StatusClass::ServerError);
-        assert_eq!(StatusClass::of(502, true), StatusClass::Sidecar);
-    }
-}
+mod tests;
