@@ -18,17 +18,21 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::{Limit, Metrics};
 
+/// Any body's error, boxed: request bodies come from hyper, or from a test.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error(transparent)]
-    Read(#[from] hyper::Error),
+    Read(BoxError),
     #[error("the request body stopped arriving for {}", humantime::format_duration(*.0))]
     Stalled(Duration),
 }
@@ -93,7 +97,7 @@ pub enum ProxyBody {
     /// Bytes already read from the application, then the rest of its stream.
     Streaming {
         prefix: Option<Bytes>,
-        rest: Incoming,
+        rest: UnsyncBoxBody<Bytes, BoxError>,
         /// Ends the body with [`ReadError::Stalled`] when no frame comes for this long.
         stall: Stall,
     },
@@ -193,11 +197,15 @@ pub enum Prepared {
 
 /// Reads up to `limit` bytes of `body` to decide whether it can be replayed, within what is
 /// left of `max_buffered` and never waiting longer than `body_read_timeout` for a frame.
-pub async fn prepare(
-    mut body: Incoming,
+pub async fn prepare<B>(
+    mut body: B,
     limit: u64,
     limits: &Arc<BodyLimits>,
-) -> Result<Prepared, ReadError> {
+) -> Result<Prepared, ReadError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut held = Held {
         limits: Arc::clone(limits),
         bytes: 0,
@@ -206,10 +214,11 @@ pub async fn prepare(
     if hint.exact() == Some(0) || body.is_end_stream() {
         return Ok(Prepared::Replayable(Bytes::new(), held));
     }
-    let streaming = |prefix: Option<Bytes>, rest: Incoming| {
+    // Only a body too large to keep is boxed: one allocation, on the rare path.
+    let streaming = |prefix: Option<Bytes>, rest: B| {
         Ok(Prepared::Streaming(ProxyBody::Streaming {
             prefix,
-            rest,
+            rest: rest.map_err(Into::into).boxed_unsync(),
             stall: Stall::new(limits),
         }))
     };
@@ -220,7 +229,7 @@ pub async fn prepare(
     let mut buf = BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(limits.read_timeout, body.frame()).await {
-            Ok(Some(frame)) => frame?,
+            Ok(Some(frame)) => frame.map_err(|e| ReadError::Read(e.into()))?,
             Ok(None) => break,
             Err(_) => return Err(limits.stalled()),
         };

@@ -26,7 +26,7 @@ pub enum ProxyError {
     #[error("the request target must be an absolute path")]
     BadTarget,
     #[error("the request body could not be read: {0}")]
-    ReadBody(#[source] hyper::Error),
+    ReadBody(#[source] crate::body::BoxError),
     /// `body_read_timeout`: the application stopped sending its body.
     #[error("the request body stopped arriving")]
     BodyStalled,

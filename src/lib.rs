@@ -21,6 +21,7 @@
 //! - [`token`]: the token lifecycle — a state machine per upstream (single flight, refresh
 //!   ahead, backoff, `token_wait`, `prefetch`) over the moka cache — and the token requests of
 //!   each flow.
+//! - [`totp`]: RFC 6238 codes for the password grant (and checking a seed at validation).
 //! - [`client`]: the pooled HTTPS client (rustls, HTTP/1.1 and h2 by ALPN).
 //! - [`error`]: the sidecar's own failures and their JSON responses.
 //! - [`metrics`]: Prometheus metrics, recorded without locks.
@@ -46,6 +47,7 @@ pub mod secret;
 pub mod server;
 pub mod standin;
 pub mod token;
+pub mod totp;
 
 pub use config::Config;
 pub use server::Sidecar;

@@ -12,14 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{self, BodyLimits, Prepared, ProxyBody, ReadError, ResponseBody};
+use crate::body::{self, BodyLimits, BoxError, Prepared, ProxyBody, ReadError, ResponseBody};
 use crate::client::HttpClient;
 use crate::config::{Target, UpstreamConfig};
 use crate::error::ProxyError;
@@ -99,10 +101,15 @@ struct Outcome {
 }
 
 /// Serves one application request. Never fails: logs one line and records its metrics.
-pub async fn handle(
+/// Generic over the request body, so a test can call it without a socket.
+pub async fn handle<B>(
     upstream: Arc<Upstream>,
-    mut request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+    mut request: Request<B>,
+) -> Result<Response<ResponseBody>, Infallible>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let request_id = request_id(request.headers_mut());
     let method = request.method().clone();
@@ -151,7 +158,11 @@ fn request_id(headers: &mut HeaderMap) -> http::HeaderValue {
 }
 
 /// The request path proper.
-async fn forward(up: &Upstream, request: Request<Incoming>) -> Result<Outcome, ProxyError> {
+async fn forward<B>(up: &Upstream, request: Request<B>) -> Result<Outcome, ProxyError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     if up.removed.load(Ordering::Relaxed) {
         return Err(ProxyError::Removed);
     }

@@ -357,3 +357,33 @@ async fn a_refused_token_request_is_logged_with_its_code_and_the_backoff() {
     assert!(log.events("refused", "token fetched").is_empty());
     assert!(!log.text().contains(SECRET_MARK), "a secret in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_token_endpoint_is_logged_with_its_whole_cause() {
+    let log = capture();
+    let s = standin(Api::NuvyNexus).await;
+    let port = wire::closed_port().await;
+    let toml = upstream_toml("unreachable-idp", &s, "", "prefetch = false").replace(
+        &s.token_url(),
+        &format!("http://127.0.0.1:{port}/oauth2/token"),
+    );
+    let r = sidecar(&toml).await;
+    let reply = Http::default()
+        .get(&r.url("unreachable-idp", "/v1/x"))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    let failed = log
+        .wait_for("unreachable-idp", "token request failed")
+        .await;
+    let error = failed["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{failed}"));
+    // Not just "client error (Connect)": the operating system's reason is there too.
+    assert!(error.contains("Connect"), "{error}");
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+}

@@ -36,6 +36,10 @@ pub const DEFAULT_MAX_REPLAY_BODY: u64 = 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `request_timeout`: the whole upstream exchange until response headers arrive.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default `refresh_before` is this share of the token's lifetime...
+pub const DEFAULT_REFRESH_SHARE: f64 = 0.2;
+/// ...but never more than this (linkerd's identity client clamps the same way).
+pub const MAX_DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// Default `min_refresh_interval`: at most one token request per upstream this often.
 pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `token_wait`: how long a request with no live token waits for a token request.
@@ -185,7 +189,7 @@ impl fmt::Debug for Target {
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub flow: Flow,
-    /// `None`: 20% of the token's lifetime, at most [`crate::token::MAX_DEFAULT_REFRESH_BEFORE`].
+    /// `None`: 20% of the token's lifetime, at most [`MAX_DEFAULT_REFRESH_BEFORE`].
     pub refresh_before: Option<Duration>,
     pub min_refresh_interval: Duration,
     pub token_lifetime: Duration,

@@ -11,9 +11,9 @@ use std::fmt::{self, Display, Formatter};
 use std::time::Duration;
 
 use super::raw::Named;
+use super::MAX_DEFAULT_REFRESH_BEFORE;
 use super::{AuthConfig, Client, Config, Flow, Limits, UpstreamConfig};
 use crate::secret::{LoadedSecret, SecretSource, MASK};
-use crate::token::MAX_DEFAULT_REFRESH_BEFORE;
 
 impl Config {
     /// The effective configuration as TOML: loads again with [`Config::from_toml`] into the same

@@ -584,7 +584,7 @@ impl Validator<'_> {
                 let totp_key = format!("{key}.totp_secret");
                 let totp_secret = raw.totp_secret.as_ref().and_then(|field| {
                     let secret = f.v.secret(&totp_key, &field.span(), field.get()?)?;
-                    if crate::token::totp::check_secret(&secret.value).is_err() {
+                    if crate::totp::check_secret(&secret.value).is_err() {
                         let msg = "not a valid base32 RFC 6238 secret".into();
                         f.v.at(&field.span(), &totp_key, msg);
                         f.ok = false;

@@ -15,11 +15,12 @@ use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 
 use super::response::{self, Grant, MAX_TOKEN_RESPONSE};
-use super::{totp, InvalidResponse, TokenError};
+use super::{InvalidResponse, TokenError};
 use crate::body::ProxyBody;
 use crate::client::HttpClient;
 use crate::config::{Client, ClientAuth, ClientCredentials, Flow, NexusHubLogin, PasswordGrant};
 use crate::secret::Secret;
+use crate::totp;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";

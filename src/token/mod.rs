@@ -9,7 +9,6 @@
 //! - `response`: lenient, bounded parsing of what token endpoints answer.
 //! - `schedule`: the pure arithmetic of expiry, refresh time and backoff.
 //! - `status`: the snapshot `/status` and `/readyz` report.
-//! - `totp`: RFC 6238 codes for the password grant.
 //!
 //! This module knows nothing about the request being proxied; it hands out [`Token`]s.
 
@@ -20,7 +19,6 @@ mod response;
 mod schedule;
 mod source;
 mod status;
-pub mod totp;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,9 +28,15 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 pub use cache::TokenCache;
-pub use schedule::MAX_DEFAULT_REFRESH_BEFORE;
 pub use source::{Reauth, TokenSource};
 pub use status::{LastFetch, TokenState, TokenStatus};
+
+/// The token-response parser and the JWT `exp` reader, for the property tests and fuzz
+/// targets (`tests/properties.rs`, `fuzz/`). Not an API: the sidecar calls them itself.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::response::{jwt_exp, parse, Grant, Lifetime, MAX_TOKEN_RESPONSE};
+}
 
 /// An access token as the proxy uses it: the ready-made header and when it stops being good.
 pub struct Token {
@@ -163,7 +167,7 @@ pub enum TokenError {
     NotInTime { token_wait: Duration },
     /// The TOTP seed cannot produce codes.
     #[error(transparent)]
-    Totp(#[from] totp::InvalidTotpSecret),
+    Totp(#[from] crate::totp::InvalidTotpSecret),
 }
 
 fn code_suffix(code: &Option<ErrorCode>) -> String {

@@ -18,6 +18,10 @@ use crate::secret::Secret;
 /// Token responses larger than this are refused unread: a real one is a few KiB.
 pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
+/// The longest lifetime taken from a response (about 31 years), whether from `expires_in` or a
+/// JWT `exp`: a token "good for ever" is refreshed now and then, and instants stay in range.
+const MAX_LIFETIME_SECS: u64 = 1_000_000_000;
+
 /// RFC 6749 §5.2 codes (and `slow_down`) that mean "later", even on a 400.
 const TRANSIENT_CODES: [&str; 3] = ["temporarily_unavailable", "server_error", "slow_down"];
 
@@ -115,7 +119,9 @@ fn parse_success(headers: &HeaderMap, body: &[u8], now_unix: u64) -> Result<Gran
         Some(secs) => Lifetime::Given(secs),
         None => match jwt_exp(access_token.expose()) {
             Some(exp) if exp <= now_unix => return Err(InvalidResponse::AlreadyExpired.into()),
-            Some(exp) => Lifetime::Given(Duration::from_secs(exp - now_unix)),
+            Some(exp) => {
+                Lifetime::Given(Duration::from_secs((exp - now_unix).min(MAX_LIFETIME_SECS)))
+            }
             None if expires_in.is_some_and(|v| !v.is_null()) => Lifetime::Unusable,
             None => Lifetime::Unstated,
         },
@@ -146,7 +152,8 @@ fn seconds(value: &Value) -> Option<Duration> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
+    (secs.is_finite() && secs > 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(MAX_LIFETIME_SECS as f64)))
 }
 
 /// The `exp` claim of a JWT, read without verifying the signature: it only tells us when to

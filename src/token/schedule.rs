@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The default `refresh_before` is this share of the token's lifetime...
-pub const DEFAULT_REFRESH_SHARE: f64 = 0.2;
-/// ...but never more than this (linkerd's identity client clamps the same way).
-pub const MAX_DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+use crate::config::{DEFAULT_REFRESH_SHARE, MAX_DEFAULT_REFRESH_BEFORE};
+
 /// A token is retired this share of its lifetime before it really expires...
 const SAFETY_SHARE: f64 = 0.1;
 /// ...at most this much, to absorb clock skew and the trip to the API.

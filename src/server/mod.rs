@@ -5,39 +5,37 @@
 //! shutdown future resolves, then stops accepting and lets in-flight requests finish within
 //! `shutdown_grace`. While running it reloads on request (SIGHUP, wired by `main`) and when a
 //! `{ file = … }` secret changes (polled every second, so a Kubernetes symlink swap is seen).
-//! What happens inside a request is `proxy`'s business; what a reload changes is `reload`'s.
+//! What happens inside a request is `proxy`'s business; serving a connection is `accept`'s,
+//! and what a reload changes is `reload`'s.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::admin::{self, Admin};
+use crate::admin::Admin;
 use crate::body::BodyLimits;
 use crate::client::{self, ClientError, HttpClient, Roots};
 use crate::config::{Config, ConfigError, UpstreamConfig};
-use crate::conn::{self, Activity, Slots, Timers, Tracked};
-use crate::metrics::{Limit, Metrics};
-use crate::proxy::{self, Upstream};
-use crate::secret::{LoadedSecret, Secret};
+use crate::conn::{Slots, Timers};
+use crate::metrics::Metrics;
+use crate::proxy::Upstream;
 use crate::token::{TokenCache, TokenError, TokenSource};
 
-/// A client that sends no complete request head within this is disconnected.
-/// After a failed `accept` (out of file descriptors, say), wait this long before the next.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// How often `{ file = … }` secrets are compared with the values in use.
-const SECRET_POLL: Duration = Duration::from_secs(1);
+mod accept;
+mod reload;
+
+use accept::{close, serve, spawn_acceptor, Guards};
+use reload::watch_secret_files;
 
 /// Why the sidecar could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -294,167 +292,6 @@ impl Sidecar {
         }
     }
 
-    /// The `{ file = … }` secrets in use, with their values, for the watcher.
-    fn file_secrets(&self) -> Vec<LoadedSecret> {
-        self.config.file_secrets().into_iter().cloned().collect()
-    }
-
-    /// Loads the configuration again and applies it; a configuration that fails validation or
-    /// cannot be bound is refused and the running one stays.
-    async fn reload(
-        &mut self,
-        why: &str,
-        acceptors: &mut BTreeMap<String, JoinHandle<()>>,
-        tx: &mpsc::Sender<Accepted>,
-    ) -> bool {
-        // Reading the file and every secret is blocking I/O: keep it off the accept loop.
-        let (path, text) = (self.path.clone(), self.config.text.clone());
-        let loaded = tokio::task::spawn_blocking(move || match path {
-            Some(path) => Config::load(&path),
-            None => Config::from_toml(text.as_str()),
-        })
-        .await;
-        let loaded = match loaded {
-            Ok(loaded) => loaded,
-            Err(error) => {
-                // Only a panic or a runtime shutting down gets here: nothing was loaded.
-                tracing::error!(reason = why, %error, "reload refused: the configuration could not be read");
-                self.reloads.send_modify(|c| c.refused += 1);
-                return false;
-            }
-        };
-        let outcome = match loaded {
-            Ok(config) => self.apply(config, acceptors, tx).await,
-            Err(e) => Err(StartError::Config(e)),
-        };
-        match outcome {
-            Ok(summary) => {
-                tracing::info!(reason = why, %summary, "configuration reloaded");
-                self.reloads.send_modify(|c| c.applied += 1);
-                true
-            }
-            Err(error) => {
-                tracing::error!(reason = why, %error, "reload refused; the running configuration stays");
-                self.reloads.send_modify(|c| c.refused += 1);
-                false
-            }
-        }
-    }
-
-    /// Switches to `config`: everything that can fail happens before anything changes.
-    async fn apply(
-        &mut self,
-        config: Config,
-        acceptors: &mut BTreeMap<String, JoinHandle<()>>,
-        tx: &mpsc::Sender<Accepted>,
-    ) -> Result<String, StartError> {
-        if config.admin.as_ref().map(|a| a.listen) != self.config.admin.as_ref().map(|a| a.listen) {
-            tracing::warn!("a change of [admin] listen takes effect at the next restart");
-        }
-        // Prepare: listeners for new or moved upstreams, then the upstreams themselves.
-        let mut prepared = Vec::new();
-        for u in &config.upstreams {
-            let old = self.slots.get(&u.name);
-            let listener = match old {
-                Some(slot) if slot.config.listen == u.listen => None,
-                _ => Some(bind(&format!("upstream `{}`", u.name), u.listen).await?),
-            };
-            let addr = match (&listener, old) {
-                (Some(l), _) => local_addr(l, u.listen)?,
-                (None, Some(slot)) => slot.addr,
-                (None, None) => u.listen,
-            };
-            let (upstream, client) = self.build(u, addr, old)?;
-            prepared.push((u.clone(), upstream, client, listener, addr));
-        }
-        // Commit.
-        let mut added = 0;
-        let mut changed = 0;
-        let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
-        for (u, upstream, client, listener, addr) in prepared {
-            let name = u.name.clone();
-            match self.slots.get_mut(&name) {
-                Some(slot) => {
-                    let successor = Arc::clone(&upstream.tokens);
-                    let previous = slot.upstream.swap(Arc::new(upstream));
-                    if !Arc::ptr_eq(&previous.tokens, &successor) {
-                        previous.tokens.retire(Some(&successor));
-                        successor.start();
-                    }
-                    slot.config = u;
-                    slot.client = client;
-                    if let Some(listener) = listener {
-                        tracing::info!(upstream = name.as_str(), from = %slot.addr, to = %addr, "listener moved");
-                        slot.addr = addr;
-                        let handle = spawn_acceptor(
-                            listener,
-                            Target::Upstream(Arc::clone(&slot.upstream)),
-                            tx.clone(),
-                            Some(self.permits.clone()),
-                        );
-                        if let Some(old) = acceptors.insert(name, handle) {
-                            close(old).await;
-                        }
-                    }
-                    changed += 1;
-                }
-                None => {
-                    upstream.tokens.start();
-                    let slot = Slot {
-                        upstream: Arc::new(ArcSwap::from_pointee(upstream)),
-                        config: u,
-                        client,
-                        addr,
-                        listener: None,
-                    };
-                    if let Some(listener) = listener {
-                        tracing::info!(upstream = name.as_str(), %addr, "listening");
-                        let handle = spawn_acceptor(
-                            listener,
-                            Target::Upstream(Arc::clone(&slot.upstream)),
-                            tx.clone(),
-                            Some(self.permits.clone()),
-                        );
-                        acceptors.insert(name.clone(), handle);
-                    }
-                    self.slots.insert(name, slot);
-                    added += 1;
-                }
-            }
-        }
-        let removed: Vec<String> = self
-            .slots
-            .keys()
-            .filter(|n| !names.contains(n))
-            .cloned()
-            .collect();
-        for name in &removed {
-            if let Some(slot) = self.slots.remove(name) {
-                let last = slot.upstream.load();
-                last.tokens.retire(None);
-                // Its open keep-alive connections must not go on using removed credentials.
-                last.remove();
-                self.metrics.forget(name);
-            }
-            if let Some(acceptor) = acceptors.remove(name) {
-                close(acceptor).await;
-            }
-            tracing::info!(
-                upstream = name.as_str(),
-                "upstream removed; its listener is closed"
-            );
-        }
-        for warning in &config.warnings {
-            tracing::warn!("{warning}");
-        }
-        self.config = config;
-        self.publish();
-        Ok(format!(
-            "{changed} kept, {added} added, {} removed",
-            removed.len()
-        ))
-    }
-
     /// Builds the upstream for `u`, reusing what `old` has where the settings allow: its client
     /// (and so its connection pool) and its token source (and so its backoff and refresh
     /// token), when they would come out the same.
@@ -553,156 +390,3 @@ enum Target {
 /// An accepted connection, what it is for, and (for an application connection) its place
 /// under `max_connections`.
 type Accepted = (TcpStream, Target, Option<OwnedSemaphorePermit>);
-
-/// Compares the `{ file = … }` secrets in use with their files every [`SECRET_POLL`] and names
-/// the first that changed. It says so once per new content: a reload that is refused is not
-/// retried until the files change again, and a new configuration (a new `in_use`) starts over.
-async fn watch_secret_files(
-    mut in_use: watch::Receiver<Vec<LoadedSecret>>,
-    changed: mpsc::Sender<PathBuf>,
-) {
-    let mut tick = tokio::time::interval(SECRET_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported: Option<Vec<Option<Secret>>> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            Ok(()) = in_use.changed() => {
-                reported = None;
-                continue;
-            }
-        }
-        let secrets = in_use.borrow_and_update().clone();
-        let Ok((first, contents)) = tokio::task::spawn_blocking(move || read_files(&secrets)).await
-        else {
-            continue;
-        };
-        let Some(path) = first else { continue };
-        if reported.as_ref() != Some(&contents) {
-            if changed.send(path).await.is_err() {
-                return;
-            }
-            reported = Some(contents);
-        }
-    }
-}
-
-/// What each secret file holds now (unreadable ones as `None`), and the first that differs from
-/// the value in use. A file briefly missing mid-swap is not a change yet.
-fn read_files(secrets: &[LoadedSecret]) -> (Option<PathBuf>, Vec<Option<Secret>>) {
-    let contents: Vec<Option<Secret>> = secrets.iter().map(|s| s.source.resolve().ok()).collect();
-    let first = secrets
-        .iter()
-        .zip(&contents)
-        .find(|(s, now)| now.as_ref().is_some_and(|v| *v != s.value))
-        .and_then(|(s, _)| s.source.file().map(PathBuf::from));
-    (first, contents)
-}
-
-/// Stops an acceptor and waits until its listener is closed, so that a reload that reports
-/// an upstream removed has really freed its port.
-async fn close(acceptor: JoinHandle<()>) {
-    acceptor.abort();
-    let _ = acceptor.await;
-}
-
-/// Accepts connections for `target`; an application listener takes a permit first, so beyond
-/// `max_connections` new connections wait in the kernel's backlog.
-fn spawn_acceptor(
-    listener: TcpListener,
-    target: Target,
-    tx: mpsc::Sender<Accepted>,
-    permits: Option<Slots>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let permit = match &permits {
-                Some(permits) => Some(permits.acquire().await),
-                None => None,
-            };
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    if tx.send((stream, target.clone(), permit)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            }
-        }
-    })
-}
-
-/// The `[limits]` every application connection is held to, with where to count them.
-struct Guards {
-    timers: Timers,
-    metrics: Arc<Metrics>,
-}
-
-fn serve(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    connections: &mut JoinSet<()>,
-    (stream, target, permit): Accepted,
-    guards: &Guards,
-) {
-    let accepted = tokio::time::Instant::now();
-    let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
-    match target {
-        Target::Upstream(slot) => {
-            let open = slot.load().metrics.connection();
-            let activity = Arc::new(Activity::default());
-            let service = {
-                let activity = Arc::clone(&activity);
-                service_fn(move |request| {
-                    let in_flight = activity.request();
-                    let upstream = slot.load_full();
-                    async move {
-                        let response = proxy::handle(upstream, request).await?;
-                        Ok::<_, std::convert::Infallible>(
-                            response.map(|body| Tracked::new(body, in_flight)),
-                        )
-                    }
-                })
-            };
-            let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
-            let (timers, metrics) = (guards.timers, Arc::clone(&guards.metrics));
-            connections.spawn(async move {
-                tokio::select! {
-                    result = connection => if let Err(error) = result {
-                        if is_header_timeout(&*error) {
-                            metrics.limit_hit(Limit::HeaderReadTimeout);
-                        }
-                        tracing::debug!(%error, "connection ended with an error");
-                    },
-                    limit = conn::watchdog(&activity, accepted, timers) => {
-                        // Dropping the connection closes it: nothing is in flight.
-                        metrics.limit_hit(limit);
-                        tracing::debug!(limit = limit.label(), "connection closed");
-                    }
-                }
-                drop(open);
-                drop(permit);
-            });
-        }
-        Target::Admin(admin) => {
-            let service = service_fn(move |request| admin::handle(Arc::clone(&admin), request));
-            let connection = builder.serve_connection(io, service).into_owned();
-            // Admin connections are not drained: probes must not hold up a shutdown.
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-        }
-    }
-}
-
-/// Whether a connection ended because hyper's `header_read_timeout` ran out (a later head on
-/// an HTTP/1.1 keep-alive connection; the first one is the watchdog's).
-fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    error
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
-}
