@@ -10,7 +10,7 @@ use nexus_sidecar::standin::Api;
 use support::*;
 
 async fn end_to_end(api: Api) {
-    let (s, r) = pair(api, "", "").await;
+    let (s, r) = pair_on_demand(api, "", "").await;
     let http = Http::default();
     let reply = http.get(&r.url("api", "/v1/things?x=1")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -55,7 +55,7 @@ async fn nexushub() {
 /// (at half-life: `refresh_before` longer than the lifetime is capped); the loops below are
 /// driven by paced requests and end on the stand-in's counters, bounded in time.
 async fn refreshes_then_falls_back(api: Api, refresh_grant: &str, primary_grant: &str) {
-    let (s, r) = pair(
+    let (s, r) = pair_on_demand(
         api,
         "",
         "refresh_before = \"25h\"\nmin_refresh_interval = \"0s\"",

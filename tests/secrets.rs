@@ -94,7 +94,7 @@ impl Forbidden {
 /// rotated credentials at the API: the next re-authentication fails with a credential error.
 async fn success_replay_and_credential_error(api: Api, forbidden: &mut Forbidden) {
     forbidden.credentials(&credentials(api));
-    let (s, r) = pair(api, "", "min_refresh_interval = \"0s\"").await;
+    let (s, r) = pair_on_demand(api, "", "min_refresh_interval = \"0s\"").await;
     let http = Http::default();
 
     let ok = http.get(&r.url("api", "/v1/a")).await;
@@ -126,7 +126,7 @@ async fn success_replay_and_credential_error(api: Api, forbidden: &mut Forbidden
 
 /// Nexudus demands a password reset; its error text holds a reset token.
 async fn nexudus_password_reset(forbidden: &mut Forbidden) {
-    let (s, r) = pair(Api::Nexudus, "", "").await;
+    let (s, r) = pair_on_demand(Api::Nexudus, "", "").await;
     s.require_password_reset(true);
     let reply = Http::default().get(&r.url("api", "/v1/reset")).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
