@@ -237,7 +237,10 @@ impl Display for Size {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
         let n = self.0;
-        match UNITS.iter().find(|(size, _)| n != 0 && n.is_multiple_of(*size)) {
+        match UNITS
+            .iter()
+            .find(|(size, _)| n != 0 && n.is_multiple_of(*size))
+        {
             Some((size, unit)) => write!(f, "\"{}{unit}\"", n / size),
             None => write!(f, "\"{n}B\""),
         }
