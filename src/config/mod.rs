@@ -318,6 +318,37 @@ impl FlowKind {
 }
 
 /// Why a configuration was refused.
+/// A TOML syntax error told by position and the parser's message only. toml's own `Display`
+/// quotes the offending source line, and that line may hold a literal secret.
+#[derive(Debug)]
+pub struct SyntaxError {
+    line: usize,
+    column: usize,
+    message: String,
+}
+
+impl SyntaxError {
+    fn new(text: &str, e: &toml::de::Error) -> SyntaxError {
+        let at = e.span().map_or(0, |s| s.start.min(text.len()));
+        let before = text.get(..at).unwrap_or("");
+        SyntaxError {
+            line: before.matches('\n').count() + 1,
+            column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+            message: e.message().trim_end().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TOML parse error at line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file `{}`: {source}", path.display())]
@@ -325,9 +356,9 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A file that is not TOML; toml's message names the line and what was expected.
+    /// A file that is not TOML: the line, the column and what was expected.
     #[error("invalid configuration: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(SyntaxError),
     /// Everything wrong with a file that is TOML, in line order: unknown keys, values of the
     /// wrong type, invalid settings.
     #[error("invalid configuration:{}", Problems(.0))]
@@ -377,7 +408,8 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let tree: keys::Node = toml::from_str(text)?;
+        let tree: keys::Node =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(SyntaxError::new(text, &e)))?;
         let mut keys = keys::Keys::check(&tree, text);
         let parsed = raw::parse(text);
         let mut problems = std::mem::take(&mut keys.unknown);
