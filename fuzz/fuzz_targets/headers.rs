@@ -63,7 +63,10 @@ fuzz_target!(|input: Input<'_>| {
         assert!(!(input.authenticates && *name == header::AUTHORIZATION));
         if *name == header::TE {
             assert!(te_is_only_trailers(&original));
-            assert_eq!(values(&request, name), [HeaderValue::from_static("trailers")]);
+            assert_eq!(
+                values(&request, name),
+                [HeaderValue::from_static("trailers")]
+            );
         } else {
             assert!(!is_hop_by_hop(name), "{name}");
         }
