@@ -4,7 +4,7 @@
 #
 #   bench/run.sh                      # everything: install wrk/nginx if missing, build, measure
 #   SKIP_BUILD=1 bench/run.sh         # use an existing release binary
-#   RUNS=3 DURATION=10 DEMO_DURATION=5 CONNS=32 CARGO_TARGET_DIR=/work/target-bench bench/run.sh
+#   RUNS=3 DURATION=10 DEMO_DURATION=5 CONNS=32 CARGO_TARGET_DIR=../target-bench bench/run.sh
 #
 # Loopback only (127.0.0.1), bounded: every wrk run lasts DURATION seconds (default 10), and
 # the whole script about 4 minutes after the build. Every process it starts is stopped on exit.

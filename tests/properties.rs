@@ -537,9 +537,11 @@ impl Drop for Files {
 
 fn secret_file(files: &mut Files, content: &[u8]) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("nexus-sidecar-properties-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("secret-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let path = std::env::temp_dir().join(format!(
+        "nexus-sidecar-properties-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&path, content).unwrap();
     files.0.push(path.clone());
     toml_string(path.to_str().unwrap())
@@ -738,6 +740,16 @@ fn syntax_error(value: &str) -> Vec<String> {
         format!("client_secret = \"{value}\" trailing"),
         format!("client_secret = \"{value}\"\nclient_secret = \"{value}\""),
         format!("client_secret = {{ file = \"/x\" \"{value}\" }}"),
+        format!("client_secret = {value}"),
+        format!("client_secret = \"{value}\\q\""),
+        format!("client_secret = '{value}"),
+        format!("client_secret = \"\"\"{value}"),
+        format!("client_secret = [ \"{value}\""),
+        format!("client_secret = {{ env = \"{value}"),
+        format!("client_secret = 1979-05-27T{value}"),
+        format!("client_secret = \"{value}\n\""),
+        format!("client_secret = \"{value}\u{1}\""),
+        format!("client_secret = \"{value}\"\"{value}\""),
     ]
 }
 
@@ -746,16 +758,18 @@ proptest! {
 
     /// A file that is not TOML is refused by line, column and message only: toml's own
     /// `Display` quotes the offending line, which would print a literal secret written on it
-    /// (`client_secret = "s3cr3t" x`, an unterminated string, the key written twice).
+    /// (`client_secret = "s3cr3t" x`, an unterminated string, the key written twice, a secret
+    /// left unquoted, a bad escape, a control character...). Every shape, every case.
     #[test]
-    fn config_syntax_errors_do_not_echo_secrets(marker in marker(), which in 0usize..4) {
-        let line = &syntax_error(&marker)[which];
-        let text = format!(
-            "[[upstream]]\nname = \"a\"\nlisten = \"8081\"\ntarget = \"https://api.example\"\n[upstream.auth]\nflow = \"client_credentials\"\ntoken_url = \"https://id.example/token\"\nclient_id = {{ env = \"ID\" }}\n{line}\n"
-        );
-        let e = Config::from_toml(&text).unwrap_err();
-        prop_assert!(!shows(&e.to_string(), &marker), "{e}");
-        prop_assert!(!shows(&format!("{e:?}"), &marker), "{e:?}");
+    fn config_syntax_errors_do_not_echo_secrets(marker in marker()) {
+        for line in syntax_error(&marker) {
+            let text = format!(
+                "[[upstream]]\nname = \"a\"\nlisten = \"8081\"\ntarget = \"https://api.example\"\n[upstream.auth]\nflow = \"client_credentials\"\ntoken_url = \"https://id.example/token\"\nclient_id = {{ env = \"ID\" }}\n{line}\n"
+            );
+            let e = Config::from_toml(&text).unwrap_err();
+            prop_assert!(!shows(&e.to_string(), &marker), "{e}");
+            prop_assert!(!shows(&format!("{e:?}"), &marker), "{e:?}");
+        }
     }
 }
 

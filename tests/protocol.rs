@@ -322,16 +322,7 @@ struct Seen {
 /// An h2-only TLS upstream (ALPN `h2`) in the manner of a gRPC server: `400` to a request
 /// without exactly `te: trailers`, otherwise `200` with a body and `grpc-status` trailers.
 async fn grpc_like_upstream(pki: &Pki) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(pki.chain.clone(), pki.key.clone_key())
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(&[b"h2"]));
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -27,6 +27,22 @@ pub(super) async fn close(acceptor: JoinHandle<()>) {
     let _ = acceptor.await;
 }
 
+/// An application listener's acceptor: its connections serve `upstream` (loaded per request,
+/// so a reload reaches them) and count against `max_connections`.
+pub(super) fn spawn_upstream_acceptor(
+    listener: TcpListener,
+    upstream: &Arc<arc_swap::ArcSwap<crate::proxy::Upstream>>,
+    tx: &mpsc::Sender<Accepted>,
+    permits: &Slots,
+) -> JoinHandle<()> {
+    spawn_acceptor(
+        listener,
+        Target::Upstream(Arc::clone(upstream)),
+        tx.clone(),
+        Some(permits.clone()),
+    )
+}
+
 /// Accepts connections for `target`; an application listener takes a permit first, so beyond
 /// `max_connections` new connections wait in the kernel's backlog.
 pub(super) fn spawn_acceptor(

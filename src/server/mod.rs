@@ -34,7 +34,7 @@ use crate::token::{TokenCache, TokenError, TokenSource};
 mod accept;
 mod reload;
 
-use accept::{close, serve, spawn_acceptor, Guards};
+use accept::{close, serve, spawn_acceptor, spawn_upstream_acceptor, Guards};
 use reload::watch_secret_files;
 
 /// Why the sidecar could not start, or a reload was refused.
@@ -192,12 +192,7 @@ impl Sidecar {
             slot.upstream.load().tokens.start();
             if let Some(listener) = slot.listener.take() {
                 tracing::info!(upstream = name.as_str(), addr = %slot.addr, "listening");
-                let handle = spawn_acceptor(
-                    listener,
-                    Target::Upstream(Arc::clone(&slot.upstream)),
-                    tx.clone(),
-                    Some(self.permits.clone()),
-                );
+                let handle = spawn_upstream_acceptor(listener, &slot.upstream, &tx, &self.permits);
                 acceptors.insert(name.clone(), handle);
             }
         }

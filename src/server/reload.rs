@@ -12,8 +12,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::accept::{close, spawn_acceptor};
-use super::{bind, local_addr, Accepted, Sidecar, Slot, StartError, Target};
+use super::accept::{close, spawn_upstream_acceptor};
+use super::{bind, local_addr, Accepted, Sidecar, Slot, StartError};
 use crate::config::Config;
 use crate::secret::{LoadedSecret, Secret};
 
@@ -113,12 +113,8 @@ impl Sidecar {
                     if let Some(listener) = listener {
                         tracing::info!(upstream = name.as_str(), from = %slot.addr, to = %addr, "listener moved");
                         slot.addr = addr;
-                        let handle = spawn_acceptor(
-                            listener,
-                            Target::Upstream(Arc::clone(&slot.upstream)),
-                            tx.clone(),
-                            Some(self.permits.clone()),
-                        );
+                        let handle =
+                            spawn_upstream_acceptor(listener, &slot.upstream, tx, &self.permits);
                         if let Some(old) = acceptors.insert(name, handle) {
                             close(old).await;
                         }
@@ -136,12 +132,8 @@ impl Sidecar {
                     };
                     if let Some(listener) = listener {
                         tracing::info!(upstream = name.as_str(), %addr, "listening");
-                        let handle = spawn_acceptor(
-                            listener,
-                            Target::Upstream(Arc::clone(&slot.upstream)),
-                            tx.clone(),
-                            Some(self.permits.clone()),
-                        );
+                        let handle =
+                            spawn_upstream_acceptor(listener, &slot.upstream, tx, &self.permits);
                         acceptors.insert(name.clone(), handle);
                     }
                     self.slots.insert(name, slot);
