@@ -375,6 +375,44 @@ async fn requests_queued_behind_a_failed_token_request_fail_fast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_request_whose_task_panics_fails_its_waiter_at_once() {
+    // A response that states no lifetime (no `expires_in`, no JWT `exp`) gets `token_lifetime`,
+    // and one past what an `Instant` can hold overflows: the token task panics mid-request. Should
+    // the configuration ever bound `token_lifetime`, this test needs another way to panic it.
+    let (s, r) = pair_on_demand(
+        Api::NuvyNexus,
+        "",
+        "token_lifetime = \"500000000000y\"\nmin_refresh_interval = \"0s\"\ntoken_wait = \"5m\"",
+    )
+    .await;
+    s.set_expires_in(None);
+    s.set_jwt_lifetime(None);
+    s.hold_token_requests(true);
+    let (http, url) = (Http::default(), r.url("api", "/v1/x"));
+    let waiter = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).await }
+    });
+    timeout(PATIENCE, s.wait_held(1)).await.unwrap();
+    s.hold_token_requests(false);
+    // Were the waiter to retry, each retry would panic the same way, for all of its token_wait.
+    let reply = timeout(PATIENCE, waiter)
+        .await
+        .expect("the waiter of the panicked token request was not answered")
+        .unwrap();
+    let json = token_error(&reply, StatusCode::SERVICE_UNAVAILABLE);
+    let description = json["error_description"].as_str().unwrap();
+    assert!(description.contains("ended without an answer"), "{json}");
+    assert_eq!(s.token_requests(), 1, "the waiter started no other");
+
+    // The next request starts a new token request; this time the response states a lifetime.
+    s.set_expires_in(Some(3600));
+    let reply = timeout(PATIENCE, http.get(&url)).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(s.token_requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_ahead_keeps_the_live_token_in_use() {
     // 10 s tokens: the (capped) refresh is due at half-life, 4.5 s in.
     let (s, r) = pair_on_demand(

@@ -149,6 +149,8 @@ pub struct Lifecycle {
     failures: u32,
     /// When the last token request was sent; the rate limit counts from here.
     last_sent: Option<Instant>,
+    /// When a token request task last ended without finishing (a panic, runtime shutdown).
+    abandoned_at: Option<Instant>,
 }
 
 impl Lifecycle {
@@ -158,6 +160,7 @@ impl Lifecycle {
             phase: Phase::Idle,
             failures: 0,
             last_sent: None,
+            abandoned_at: None,
         }
     }
 
@@ -196,6 +199,12 @@ impl Lifecycle {
         }
         let deadline = arrived + self.rules.token_wait;
         match &self.phase {
+            // It waited for a token request whose task died: that task's fate (a panic) may be
+            // every retry's, so the request fails now rather than loop through retries until
+            // its wait runs out. Requests that come later start a new one.
+            Phase::Idle if self.abandoned_at.is_some_and(|at| arrived < at) => {
+                Step::Fail(TokenError::Abandoned)
+            }
             Phase::Idle => Step::Start(self.start(now, trigger)),
             // Deferred by the rate limit past this request's `token_wait`: no use waiting.
             Phase::Fetching { at } if *at > deadline.max(now) => Step::Fail(self.not_in_time()),
@@ -361,11 +370,12 @@ impl Lifecycle {
         };
     }
 
-    /// The token request task ended without finishing (runtime shutdown, a panic): the next
-    /// decision may start another.
-    pub fn abandoned(&mut self) {
+    /// The token request task ended without finishing at `now` (runtime shutdown, a panic):
+    /// requests that were waiting for it fail, and the next request may start another.
+    pub fn abandoned(&mut self, now: Instant) {
         if let Phase::Fetching { .. } = self.phase {
             self.phase = Phase::Idle;
+            self.abandoned_at = Some(now);
         }
     }
 

@@ -165,6 +165,10 @@ pub enum TokenError {
     /// rate limit, `min_refresh_interval`, defers it), or the one in flight never ended.
     #[error("no token could be had within token_wait ({}): a token request is pending", humantime::format_duration(*.token_wait))]
     NotInTime { token_wait: Duration },
+    /// The token request stopped without an answer: its task ended early (a panic; the log
+    /// says why). The next request starts another.
+    #[error("the token request ended without an answer (the sidecar's token task stopped)")]
+    Abandoned,
     /// The TOTP seed cannot produce codes.
     #[error(transparent)]
     Totp(#[from] crate::totp::InvalidTotpSecret),
@@ -201,7 +205,8 @@ impl TokenError {
             TokenError::Unavailable { .. }
             | TokenError::Unreachable(_)
             | TokenError::Timeout(_)
-            | TokenError::NotInTime { .. } => true,
+            | TokenError::NotInTime { .. }
+            | TokenError::Abandoned => true,
             TokenError::Rejected { .. } | TokenError::Invalid(_) | TokenError::Totp(_) => false,
             TokenError::BackingOff { last } => last.is_transient(),
         }
@@ -218,6 +223,7 @@ impl TokenError {
             | TokenError::Unreachable(_)
             | TokenError::Timeout(_)
             | TokenError::NotInTime { .. }
+            | TokenError::Abandoned
             | TokenError::Totp(_) => None,
         }
     }

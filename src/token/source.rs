@@ -541,7 +541,9 @@ struct Abandoned<'a>(Option<&'a TokenSource>);
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if let Some(source) = self.0 {
-            source.state().lifecycle.abandoned();
+            let upstream = &*source.store.key.upstream;
+            tracing::warn!(upstream, "token request abandoned: its task ended early");
+            source.state().lifecycle.abandoned(Instant::now());
             source.changes.send_replace(());
         }
     }
@@ -608,7 +610,10 @@ fn error_outcome(e: &TokenError) -> FetchOutcome {
         TokenError::Unavailable { .. } => FetchOutcome::Unavailable,
         TokenError::Invalid(_) | TokenError::Totp(_) => FetchOutcome::Invalid,
         TokenError::Unreachable(_) => FetchOutcome::Unreachable,
-        TokenError::Timeout(_) | TokenError::NotInTime { .. } => FetchOutcome::Timeout,
+        // Abandoned is never a finished request's outcome; no answer came, as with a timeout.
+        TokenError::Timeout(_) | TokenError::NotInTime { .. } | TokenError::Abandoned => {
+            FetchOutcome::Timeout
+        }
         TokenError::BackingOff { last } => error_outcome(last),
     }
 }

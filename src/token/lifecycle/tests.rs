@@ -152,9 +152,35 @@ async fn a_request_in_flight_that_never_ends_is_given_up() {
     let error = failure(lc.demand(None, Trigger::Demand, arrived, now()));
     assert!(matches!(error, TokenError::NotInTime { token_wait } if token_wait == S(5)));
     // A task that died (runtime shutdown, panic) lets the next decision start another.
-    lc.abandoned();
+    lc.abandoned(now());
+    tokio::time::advance(MS(1)).await;
     let step = lc.demand(None, Trigger::Demand, now(), now());
     assert!(matches!(step, Step::Start(_)), "{step:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_of_an_abandoned_request_fail_and_the_next_request_starts_another() {
+    let mut lc = Lifecycle::new(rules());
+    let arrived = now();
+    assert!(matches!(
+        lc.demand(None, Trigger::Demand, arrived, now()),
+        Step::Start(_)
+    ));
+    lc.sent(now());
+    wait_until(lc.demand(None, Trigger::Demand, arrived, now()));
+    // The task panics: its waiter does not start another (which may panic the same way, and
+    // so on until token_wait runs out) but fails at once, with an error that says so.
+    tokio::time::advance(MS(10)).await;
+    lc.abandoned(now());
+    let error = failure(lc.demand(None, Trigger::Demand, arrived, now()));
+    assert!(matches!(error, TokenError::Abandoned), "{error:?}");
+    assert!(error.is_transient());
+    // A request that comes later starts a new token request (the rate limit still spaces it).
+    tokio::time::advance(MS(10)).await;
+    match lc.demand(None, Trigger::Demand, now(), now()) {
+        Step::Start(fetch) => assert_eq!(fetch.at, arrived + S(1)),
+        step => panic!("{step:?}"),
+    }
 }
 
 // --- rate limit ---------------------------------------------------------------------------
