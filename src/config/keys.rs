@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visi
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::raw::{RawAdmin, RawAuth, RawConfig, RawLimits, RawLog, RawUpstream};
+use super::raw::{RawAdmin, RawAuth, RawConfig, RawLimits, RawLog, RawSharedCache, RawUpstream};
 use super::suggest::did_you_mean;
 use super::{line_of, Problem};
 
@@ -97,6 +97,7 @@ enum Table {
     Admin,
     Log,
     Limits,
+    SharedCache,
     Upstream,
     Auth,
 }
@@ -109,10 +110,12 @@ enum Child {
 }
 
 impl Table {
-    /// In the order a misplaced key is looked for elsewhere.
-    const ALL: [Table; 6] = [
+    /// In the order a misplaced key is looked for elsewhere (a `timeout` in `[[upstream]]` was
+    /// meant for `[upstream.auth]` more likely than for `[shared_cache]`).
+    const ALL: [Table; 7] = [
         Table::Upstream,
         Table::Auth,
+        Table::SharedCache,
         Table::Log,
         Table::Limits,
         Table::Admin,
@@ -125,6 +128,7 @@ impl Table {
             Table::Admin => "[admin]",
             Table::Log => "[log]",
             Table::Limits => "[limits]",
+            Table::SharedCache => "[shared_cache]",
             Table::Upstream => "[[upstream]]",
             Table::Auth => "[upstream.auth]",
         }
@@ -136,6 +140,7 @@ impl Table {
             Table::Admin => fields_of::<RawAdmin>(),
             Table::Log => fields_of::<RawLog>(),
             Table::Limits => fields_of::<RawLimits>(),
+            Table::SharedCache => fields_of::<RawSharedCache>(),
             Table::Upstream => fields_of::<RawUpstream>(),
             Table::Auth => fields_of::<RawAuth>(),
         }
@@ -146,6 +151,7 @@ impl Table {
             (Table::Root, "admin") => Some(Child::One(Table::Admin)),
             (Table::Root, "log") => Some(Child::One(Table::Log)),
             (Table::Root, "limits") => Some(Child::One(Table::Limits)),
+            (Table::Root, "shared_cache") => Some(Child::One(Table::SharedCache)),
             (Table::Root, "upstream") => Some(Child::Many(Table::Upstream)),
             (Table::Upstream, "auth") => Some(Child::One(Table::Auth)),
             _ => None,
@@ -387,8 +393,17 @@ mod tests {
     fn field_lists_come_from_the_raw_structs() {
         assert_eq!(
             Table::Root.keys(),
-            ["shutdown_grace", "admin", "log", "limits", "upstream"]
+            [
+                "shutdown_grace",
+                "admin",
+                "log",
+                "limits",
+                "shared_cache",
+                "upstream"
+            ]
         );
+        assert_eq!(Table::SharedCache.keys(), ["url", "key_prefix", "timeout"]);
+        assert!(Table::Auth.keys().contains(&"shared"));
         assert!(Table::Upstream.keys().contains(&"allow_remote"));
         assert!(Table::Auth.keys().contains(&"client_secret"));
         assert_eq!(Table::Limits.keys().len(), 5);

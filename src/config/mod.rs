@@ -65,6 +65,17 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `[limits] max_buffered`: all request bodies held for replay, together.
 pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;
+/// Default `[shared_cache] key_prefix`: the start of every Redis key the sidecar writes.
+pub const DEFAULT_SHARED_CACHE_PREFIX: &str = "nexus-sidecar";
+/// Default `[shared_cache] timeout`: the bound on each Redis operation.
+pub const DEFAULT_SHARED_CACHE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The shortest `[shared_cache] timeout`: below this even a Redis next door times out.
+pub const MIN_SHARED_CACHE_TIMEOUT: Duration = Duration::from_millis(10);
+/// The longest `[shared_cache] timeout`: a token request waits this long for a slow Redis
+/// before it falls back to the local cache.
+pub const MAX_SHARED_CACHE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `[shared_cache] key_prefix`.
+pub const MAX_SHARED_CACHE_PREFIX_LEN: usize = 64;
 
 /// A valid configuration.
 #[derive(Debug, Clone)]
@@ -77,6 +88,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[limits]`: process-wide bounds on what applications may hold.
     pub limits: Limits,
+    /// `[shared_cache]`, if present; without it every process keeps its own tokens.
+    pub shared_cache: Option<SharedCacheConfig>,
     /// `[[upstream]]`, in file order.
     pub upstreams: Vec<UpstreamConfig>,
     /// Things that are allowed but deserve an operator's attention (literal secrets, plain
@@ -151,6 +164,19 @@ impl Default for Limits {
     }
 }
 
+/// `[shared_cache]`: where replicas with the same credentials share their tokens.
+#[derive(Debug, Clone)]
+pub struct SharedCacheConfig {
+    /// `redis://` or `rediss://` (TLS), with a host; may hold a password, so it is a secret
+    /// and never printed.
+    pub url: LoadedSecret,
+    /// The start of every Redis key: 1 to [`MAX_SHARED_CACHE_PREFIX_LEN`] of `[A-Za-z0-9_.:-]`.
+    pub key_prefix: String,
+    /// The bound on each Redis operation, after which the sidecar falls back to its local
+    /// cache; from [`MIN_SHARED_CACHE_TIMEOUT`] to [`MAX_SHARED_CACHE_TIMEOUT`].
+    pub timeout: Duration,
+}
+
 /// One `[[upstream]]`: a listener, the API behind it, and how to authenticate to it.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -202,6 +228,10 @@ pub struct AuthConfig {
     /// limit to end; zero: not at all (a token request already in flight is always awaited, up
     /// to its `timeout`). At most [`MAX_TOKEN_WAIT`].
     pub token_wait: Duration,
+    /// `true`: with `[shared_cache]`, share this upstream's token with the other replicas;
+    /// `false`: keep it in this process. Meaningless without `[shared_cache]`, and for flows
+    /// that fetch no tokens.
+    pub shared: bool,
 }
 
 /// How the token is obtained, with the settings each flow needs and no others.
@@ -431,6 +461,7 @@ impl Config {
         self.upstreams
             .iter()
             .flat_map(|u| u.auth.flow.secrets())
+            .chain(self.shared_cache.iter().map(|s| &s.url))
             .filter(|s| s.source.file().is_some())
             .collect()
     }

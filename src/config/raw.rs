@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
     pub limits: Option<RawLimits>,
+    #[serde(default, deserialize_with = "shared_cache")]
+    pub shared_cache: Option<RawSharedCache>,
     #[serde(default, deserialize_with = "upstreams")]
     pub upstream: Vec<Spanned<RawUpstream>>,
 }
@@ -54,6 +56,15 @@ pub struct RawLimits {
     pub idle_timeout: Option<Field<Dur>>,
     pub body_read_timeout: Option<Field<Dur>>,
     pub max_buffered: Option<Field<Size>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table such as [shared_cache]")]
+pub struct RawSharedCache {
+    #[serde(default, deserialize_with = "secret")]
+    pub url: Option<Field<SecretSource>>,
+    pub key_prefix: Option<Field<String>>,
+    pub timeout: Option<Field<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +106,7 @@ pub struct RawAuth {
     pub timeout: Option<Field<Dur>>,
     pub prefetch: Option<Field<bool>>,
     pub token_wait: Option<Field<Dur>>,
+    pub shared: Option<Field<bool>>,
     #[serde(default, deserialize_with = "secret")]
     pub username: Option<Field<SecretSource>>,
     #[serde(default, deserialize_with = "secret")]
@@ -217,6 +229,30 @@ where
         )
     })
     .map(Some)
+}
+
+/// `[shared_cache]`. A string in its place is refused without the quote serde's message would
+/// carry: `shared_cache = "redis://:password@host"` is an easy slip.
+fn shared_cache<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawSharedCache>, D::Error> {
+    struct Table;
+    impl<'de> Visitor<'de> for Table {
+        type Value = RawSharedCache;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a table such as [shared_cache]")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(E::custom(
+                "expected a table: write the URL as `url` under `[shared_cache]`",
+            ))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RawSharedCache::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Table).map(Some)
 }
 
 /// `[[upstream]]` tables; a lone `[upstream]` is refused with the spelling that works.

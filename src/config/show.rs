@@ -4,7 +4,9 @@
 //! their units. Secrets are printed as where they come from (`{ env = "X" }`, `{ file = "/p" }`);
 //! a secret written in the file prints as `"***"`, and so does every static header value (API
 //! keys live there), so no secret value ever leaves this module. (`"***"` loads again as a
-//! literal, except as a `totp_secret`, which must be base32.)
+//! literal, except as a `totp_secret`, which must be base32.) A Redis URL written in the file
+//! prints as its scheme and the mask, `"rediss://***"`: that loads again, and tells whether TLS
+//! is on without the host or the password.
 //! It prints a valid [`Config`]; it does not validate or read anything.
 
 use std::fmt::{self, Display, Formatter};
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use super::raw::Named;
 use super::MAX_DEFAULT_REFRESH_BEFORE;
-use super::{AuthConfig, Client, Config, Flow, Limits, UpstreamConfig};
+use super::{AuthConfig, Client, Config, Flow, Limits, SharedCacheConfig, UpstreamConfig};
 use crate::secret::{LoadedSecret, SecretSource, MASK};
 
 impl Config {
@@ -35,6 +37,14 @@ impl Display for Effective<'_> {
         writeln!(f, "\n[log]\nlevel = {}", Str(&c.log.level))?;
         writeln!(f, "format = {}", Str(c.log.format.name()))?;
         limits(f, &c.limits)?;
+        match &c.shared_cache {
+            Some(s) => shared_cache(f, s)?,
+            // Says what each upstream's `shared` line below means here: nothing.
+            None => writeln!(
+                f,
+                "\n# [shared_cache]: not configured; each process keeps its own tokens"
+            )?,
+        }
         for u in &c.upstreams {
             upstream(f, u)?;
         }
@@ -49,6 +59,13 @@ fn limits(f: &mut Formatter<'_>, l: &Limits) -> fmt::Result {
     writeln!(f, "idle_timeout = {}", Dur(l.idle_timeout))?;
     writeln!(f, "body_read_timeout = {}", Dur(l.body_read_timeout))?;
     writeln!(f, "max_buffered = {}", Size(l.max_buffered))
+}
+
+fn shared_cache(f: &mut Formatter<'_>, s: &SharedCacheConfig) -> fmt::Result {
+    writeln!(f, "\n[shared_cache]")?;
+    writeln!(f, "url = {}", RedisUrl(&s.url))?;
+    writeln!(f, "key_prefix = {}", Str(&s.key_prefix))?;
+    writeln!(f, "timeout = {}", Dur(s.timeout))
 }
 
 fn upstream(f: &mut Formatter<'_>, u: &UpstreamConfig) -> fmt::Result {
@@ -121,6 +138,7 @@ fn auth(f: &mut Formatter<'_>, a: &AuthConfig) -> fmt::Result {
         Dur(a.min_refresh_interval)
     )?;
     writeln!(f, "  prefetch = {}", a.prefetch)?;
+    writeln!(f, "  shared = {}", a.shared)?;
     writeln!(f, "  token_wait = {}", Dur(a.token_wait))?;
     writeln!(f, "  token_lifetime = {}", Dur(a.token_lifetime))?;
     writeln!(f, "  timeout = {}", Dur(a.timeout))
@@ -217,6 +235,23 @@ impl Display for Source<'_> {
                 write!(f, "{{ file = {} }}", Str(&path.display().to_string()))
             }
             SecretSource::Literal(_) => Str(MASK).fmt(f),
+        }
+    }
+}
+
+/// The Redis URL as its source; written in the file, as its scheme and the mask: `"***"`
+/// alone would not load again as a URL.
+struct RedisUrl<'a>(&'a LoadedSecret);
+
+impl Display for RedisUrl<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match &self.0.source {
+            SecretSource::Literal(url) => {
+                // Validated: `redis` or `rediss`, in any case.
+                let scheme = url.expose().split_once("://").map_or("redis", |(s, _)| s);
+                Str(&format!("{}://{MASK}", scheme.to_ascii_lowercase())).fmt(f)
+            }
+            _ => Source(self.0).fmt(f),
         }
     }
 }

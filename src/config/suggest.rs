@@ -5,22 +5,42 @@
 //! never accepts a misspelling.
 
 /// The candidate `input` most likely meant, if one is close: a few edits away (about one per
-/// three characters), or a name that `input` abbreviates (`prod` → `production`).
+/// three characters), or a name that `input` abbreviates (`prod` → `production`); else the
+/// one name that ends in the words of `input` (`prefix` → `key_prefix`).
 pub(super) fn did_you_mean<'a>(
     input: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let input = input.to_lowercase();
     let len = input.chars().count();
+    let candidates: Vec<&str> = candidates.into_iter().collect();
     candidates
-        .into_iter()
-        .filter_map(|c| {
+        .iter()
+        .filter_map(|&c| {
             let d = distance(&input, &c.to_lowercase());
             let abbreviates = len >= 3 && c.to_lowercase().starts_with(&input);
             (d <= (len / 3).max(1) || abbreviates).then_some((d, c))
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+        .or_else(|| last_words(&input, &candidates))
+}
+
+/// The one candidate whose last `_`-separated words `input` is. None when several are: a
+/// `timeout` in `[[upstream]]` is neither `connect_timeout` nor `request_timeout` for sure
+/// (it belongs in `[upstream.auth]`).
+fn last_words<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    if input.chars().count() < 3 {
+        return None;
+    }
+    let suffix = format!("_{input}");
+    let mut ending = candidates
+        .iter()
+        .filter(|c| c.to_lowercase().ends_with(&suffix));
+    match (ending.next(), ending.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
 }
 
 /// Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`.
@@ -82,5 +102,20 @@ mod tests {
             Some("production")
         );
         assert_eq!(did_you_mean("retry", ["retry_on"]), Some("retry_on"));
+    }
+
+    #[test]
+    fn a_names_last_words_suggest_it_when_no_other_name_ends_in_them() {
+        let keys = ["url", "key_prefix", "timeout"];
+        assert_eq!(did_you_mean("prefix", keys), Some("key_prefix"));
+        assert_eq!(did_you_mean("Prefix", keys), Some("key_prefix"));
+        assert_eq!(did_you_mean("fix", keys), None, "a word, not any tail");
+        let upstream = ["connect_timeout", "request_timeout", "max_replay_body"];
+        assert_eq!(did_you_mean("timeout", upstream), None, "two end so");
+        assert_eq!(
+            did_you_mean("replay_body", upstream),
+            Some("max_replay_body")
+        );
+        assert_eq!(did_you_mean("id", ["client_id"]), None, "too short to tell");
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 
 mod limits;
 mod problems;
+mod shared_cache;
 
 /// `PATH` is set wherever tests run, so `{ env = "PATH" }` resolves without touching the
 /// process environment.

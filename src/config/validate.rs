@@ -6,6 +6,8 @@
 //! setting it would have filled. Secrets are resolved here, because an unset variable or a
 //! missing file is a configuration error that must stop start-up before anything binds.
 
+mod shared_cache;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
@@ -65,6 +67,7 @@ pub(super) fn validate(
             .unwrap_or_default(),
     };
     let limits = v.limits(raw.limits.as_ref());
+    let shared_cache = raw.shared_cache.and_then(|s| v.shared_cache(s));
     if raw.upstream.is_empty() {
         // Not when `[[upstreams]]` is already reported as a misspelling of it.
         v.missing(
@@ -92,6 +95,7 @@ pub(super) fn validate(
         admin: admin.map(|listen| AdminConfig { listen }),
         log,
         limits,
+        shared_cache,
         upstreams,
         warnings: v.warnings,
         text: text.into(),
@@ -643,6 +647,8 @@ impl Validator<'_> {
             timeout: value(&raw.timeout).map_or(DEFAULT_TOKEN_TIMEOUT, |d| d.0),
             prefetch: value(&raw.prefetch).copied().unwrap_or(true),
             token_wait: value(&raw.token_wait).map_or(DEFAULT_TOKEN_WAIT, |d| d.0),
+            // Accepted whatever the flow, like `prefetch`: `static` and `none` ignore it.
+            shared: value(&raw.shared).copied().unwrap_or(true),
         })
     }
 }

@@ -15,6 +15,12 @@ fn sample() -> String {
     std::fs::write(&file, "from-file\n").unwrap();
     let totp = dir.join("totp");
     std::fs::write(&totp, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n").unwrap();
+    let redis = dir.join("redis");
+    std::fs::write(
+        &redis,
+        "rediss://:REDIS-PASSWORD@redis-host.internal:6380/2\n",
+    )
+    .unwrap();
     format!(
         r#"shutdown_grace = "90s"
 [admin]
@@ -26,6 +32,10 @@ format = "json"
 max_connections = 100
 idle_timeout = "90s"
 max_buffered = "16MiB"
+[shared_cache]
+url = {{ file = "{redis}" }}
+key_prefix = "team-a:prod"
+timeout = "250ms"
 
 [[upstream]]
 name = "nuvy"
@@ -52,6 +62,7 @@ max_replay_body = "1000B"
   client_secret = {{ file = "{file}" }}
   timeout = "1500ms"
   prefetch = false
+  shared = false
   token_wait = "250ms"
 
 [[upstream]]
@@ -92,6 +103,7 @@ target = "https://public.example"
 "#,
         file = file.display(),
         totp = totp.display(),
+        redis = redis.display(),
     )
 }
 
@@ -108,6 +120,10 @@ fn the_effective_configuration_loads_again_into_the_same_upstreams() {
     assert_eq!(format!("{:?}", first.log), format!("{:?}", second.log));
     assert_eq!(first.shutdown_grace, second.shutdown_grace);
     assert_eq!(first.limits, second.limits);
+    assert_eq!(
+        format!("{:?}", first.shared_cache),
+        format!("{:?}", second.shared_cache)
+    );
     assert_eq!(
         first.warnings, second.warnings,
         "allow_remote = true warns both times"
@@ -145,6 +161,10 @@ fn presets_are_expanded_defaults_filled_and_secrets_shown_by_source() {
         "# refresh_before: ",
         "prefetch = true",
         "prefetch = false",
+        "shared = true",
+        "  prefetch = false\n  shared = false\n",
+        "\n[shared_cache]\nurl = { file = \"",
+        "\nkey_prefix = \"team-a:prod\"\ntimeout = \"250ms\"\n",
         "token_wait = \"5s\"",
         "token_wait = \"250ms\"",
         "\n[limits]\nmax_connections = 100\nheader_read_timeout = \"10s\"\nidle_timeout = \"1m 30s\"\nbody_read_timeout = \"30s\"\nmax_buffered = \"16MiB\"\n",
@@ -154,7 +174,13 @@ fn presets_are_expanded_defaults_filled_and_secrets_shown_by_source() {
         assert!(printed.contains(expected), "{expected}\n---\n{printed}");
     }
     assert!(printed.contains("client_id = { file = \""), "{printed}");
-    for value in ["LITERAL-VALUE", "from-file", "GEZDGNBVGY3TQOJQ"] {
+    for value in [
+        "LITERAL-VALUE",
+        "from-file",
+        "GEZDGNBVGY3TQOJQ",
+        "REDIS-PASSWORD",
+        "redis-host",
+    ] {
         assert!(!printed.contains(value), "{value} leaked:\n{printed}");
     }
 }
@@ -188,4 +214,48 @@ fn defaults_of_limits_print_too() {
         Config::from_toml(&printed).unwrap().limits,
         Limits::default()
     );
+}
+
+#[test]
+fn a_literal_redis_url_prints_as_its_scheme_and_the_mask_and_loads_again() {
+    for (url, shown) in [
+        (
+            "redis://:hunter2@cache.internal:6379/1",
+            "url = \"redis://***\"\n",
+        ),
+        (
+            "REDISS://user:hunter2@cache.internal",
+            "url = \"rediss://***\"\n",
+        ),
+    ] {
+        let text = format!(
+            "[shared_cache]\nurl = {url:?}\n[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n[upstream.auth]\nflow = \"none\"\n"
+        );
+        let printed = Config::from_toml(&text).unwrap().to_toml();
+        assert!(
+            printed.contains(&format!(
+                "\n[shared_cache]\n{shown}key_prefix = \"nexus-sidecar\"\ntimeout = \"500ms\"\n"
+            )),
+            "{printed}"
+        );
+        for part in ["hunter2", "cache.internal", "user"] {
+            assert!(!printed.contains(part), "{part} leaked:\n{printed}");
+        }
+        let again = Config::from_toml(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(again.to_toml(), printed);
+    }
+}
+
+#[test]
+fn without_a_shared_cache_check_says_so() {
+    let c = Config::from_toml(
+        "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n[upstream.auth]\nflow = \"none\"\n",
+    )
+    .unwrap();
+    let printed = c.to_toml();
+    assert!(
+        printed.contains("\n# [shared_cache]: not configured; each process keeps its own tokens\n"),
+        "{printed}"
+    );
+    assert!(!printed.contains("\n[shared_cache]"), "{printed}");
 }
