@@ -5,6 +5,11 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+/// Real processes: sidecar replicas, and the plumbing `redis` shares.
+pub mod fleet;
+/// A real redis-server and a RESP2 client, for the shared-token-cache tests.
+pub mod redis;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
