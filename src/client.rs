@@ -24,10 +24,21 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A CA file larger than this is refused unread: a bundle of every public root is a few hundred
+/// KiB, and `ca_file = "/dev/zero"` (or a log file named by mistake) must not fill memory.
+pub const MAX_CA_FILE: u64 = 4 * 1024 * 1024;
+
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot read CA file `{}`: {source}", path.display())]
+    CaFileRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA file `{}` is larger than {limit} bytes", path.display())]
+    CaFileTooLarge { path: PathBuf, limit: u64 },
+    #[error("CA file `{}` is not a PEM certificate file: {source}", path.display())]
     CaFile {
         path: PathBuf,
         source: rustls_pki_types::pem::Error,
@@ -56,6 +67,25 @@ impl Roots {
     }
 }
 
+/// The PEM certificates in `path` (possibly none), read within [`MAX_CA_FILE`].
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let pem = crate::file::read_at_most(path, MAX_CA_FILE)
+        .map_err(|source| ClientError::CaFileRead {
+            path: path.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| ClientError::CaFileTooLarge {
+            path: path.to_owned(),
+            limit: MAX_CA_FILE,
+        })?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|source| ClientError::CaFile {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// Builds a client for one upstream: `ca_file` adds trust roots for it (and its token
 /// endpoint), `connect_timeout` bounds each TCP connect.
 pub fn build(
@@ -65,13 +95,7 @@ pub fn build(
 ) -> Result<HttpClient, ClientError> {
     let mut store = (*roots.0).clone();
     if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect())
-            .map_err(|source| ClientError::CaFile {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (added, _) = store.add_parsable_certificates(certs);
+        let (added, _) = store.add_parsable_certificates(read_ca_file(path)?);
         if added == 0 {
             return Err(ClientError::CaFileEmpty(path.to_owned()));
         }

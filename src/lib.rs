@@ -10,6 +10,7 @@
 //!
 //! - [`config`]: the TOML file, presets and validation (nothing starts on an invalid one).
 //! - [`secret`]: secret values whose `Debug`/`Display` are masks, and where they come from.
+//! - `file`: reading the files a configuration names (secrets, `ca_file`) within a size bound.
 //! - [`server`]: listeners, HTTP/1.1 and h2c connections, reload (SIGHUP, rotated secret
 //!   files), graceful shutdown.
 //! - [`conn`]: the `[limits]` of application connections — how many, how long to the first
@@ -40,6 +41,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod error;
+mod file;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;

@@ -14,6 +14,10 @@ use serde::Deserialize;
 /// The mask printed wherever a secret would otherwise appear.
 pub const MASK: &str = "***";
 
+/// A secret file larger than this is refused unread: secrets, TOTP seeds and PEM keys are a
+/// few KiB, and `file = "/dev/zero"` (or a log file named by mistake) must not fill memory.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// A secret value: cheap to clone, impossible to print by accident.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<str>);
@@ -68,6 +72,8 @@ pub enum SecretError {
     },
     #[error("secret file `{}` is not valid UTF-8", .0.display())]
     FileNotUnicode(PathBuf),
+    #[error("secret file `{}` is larger than {limit} bytes: it should hold one secret", path.display())]
+    FileTooLarge { path: PathBuf, limit: u64 },
     #[error("the secret is empty")]
     Empty,
 }
@@ -124,10 +130,15 @@ impl fmt::Debug for LoadedSecret {
 }
 
 fn read_secret_file(path: &Path) -> Result<String, SecretError> {
-    let bytes = std::fs::read(path).map_err(|source| SecretError::File {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = crate::file::read_at_most(path, MAX_SECRET_FILE)
+        .map_err(|source| SecretError::File {
+            path: path.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| SecretError::FileTooLarge {
+            path: path.to_owned(),
+            limit: MAX_SECRET_FILE,
+        })?;
     let mut text =
         String::from_utf8(bytes).map_err(|_| SecretError::FileNotUnicode(path.into()))?;
     // Editors and `echo` add one newline; Kubernetes Secrets usually have none. Trim exactly
@@ -252,6 +263,37 @@ mod tests {
         assert_eq!(got.expose(), "abc \n");
         std::fs::write(&path, "xyz\r\n").unwrap();
         assert_eq!(SecretSource::File(path).resolve().unwrap().expose(), "xyz");
+    }
+
+    #[test]
+    fn an_endless_secret_file_is_refused_unread() {
+        let err = SecretSource::File("/dev/zero".into())
+            .resolve()
+            .unwrap_err();
+        assert!(
+            matches!(&err, SecretError::FileTooLarge { path, limit }
+                if path.as_os_str() == "/dev/zero" && *limit == MAX_SECRET_FILE),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("/dev/zero"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_file_one_byte_over_the_bound_is_refused_without_its_content() {
+        let dir = std::env::temp_dir().join(format!("nexus-secret-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let bound = usize::try_from(MAX_SECRET_FILE).unwrap();
+        std::fs::write(&path, "k".repeat(bound)).unwrap();
+        let at_bound = SecretSource::File(path.clone()).resolve().unwrap();
+        assert_eq!(at_bound.expose().len(), bound);
+
+        std::fs::write(&path, "k".repeat(bound + 1)).unwrap();
+        let err = SecretSource::File(path.clone()).resolve().unwrap_err();
+        assert!(matches!(err, SecretError::FileTooLarge { .. }), "{err:?}");
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains("larger than 65536 bytes"), "{shown}");
+        assert!(!shown.contains("kk"), "the content is not echoed: {shown}");
     }
 
     #[test]

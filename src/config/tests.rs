@@ -318,6 +318,40 @@ fn zero_timeouts_unusable_ca_files_and_unsendable_static_tokens_are_refused() {
 }
 
 #[test]
+fn an_endless_or_oversized_ca_file_is_refused_unread() {
+    let base = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\n";
+    let none = "[upstream.auth]\nflow = \"none\"\n";
+    let ca_file = |path: &std::path::Path| {
+        load(&format!(
+            "{base}ca_file = {:?}\n{none}",
+            path.display().to_string()
+        ))
+    };
+    let e = ca_file("/dev/zero".as_ref()).unwrap_err().to_string();
+    assert!(e.contains("ca_file") && e.contains("larger than"), "{e}");
+
+    // A real certificate, padded with blank lines (which PEM readers skip) to the bound: read;
+    // one byte more: refused.
+    let dir = std::env::temp_dir().join(format!("nexus-config-big-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["ca.test".into()])
+        .unwrap()
+        .cert
+        .pem();
+    let bound = usize::try_from(crate::client::MAX_CA_FILE).unwrap();
+    let padded = |len: usize| format!("{cert}{}", "\n".repeat(len - cert.len()));
+    std::fs::write(&path, padded(bound)).unwrap();
+    ca_file(&path).unwrap();
+    std::fs::write(&path, padded(bound + 1)).unwrap();
+    let e = ca_file(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("ca_file") && e.contains("larger than 4194304 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
 fn problems_point_at_the_line_of_the_key() {
     let text = "[[upstream]]\nname = \"a\"\nlisten = \"1\"\ntarget = \"https://x\"\nretry_on = [200]\nheaders = { host = \"h\" }\n[upstream.auth]\nflow = \"client_credentials\"\ntoken_url = \"https://x/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\nscope = \"a\"\nusername = \"u\"\n";
     let ConfigError::Invalid(problems) = load(text).unwrap_err() else {

@@ -761,15 +761,9 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// The file must hold at least one PEM certificate: found now, it is an exit 64, not a failure
 /// after the listeners are bound.
 fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read `{shown}`: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("`{shown}` is not a PEM certificate file: {e}"))?;
+    let certs = crate::client::read_ca_file(path).map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(format!("`{shown}` holds no PEM certificate"));
+        return Err(format!("`{}` holds no PEM certificate", path.display()));
     }
     Ok(())
 }
