@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics` (PRODUCT.md §3.5).
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //!
 //! Reads token state and metrics; changes nothing. Its answers carry states, times, URLs and
 //! sanitised error codes — never a token or a secret, which it has no access to anyway
@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, VARY};
@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::metrics::{Format, Metrics};
 use crate::proxy::Upstream;
+use crate::token::{SharedCache, SharedState};
 
 const JSON: &str = "application/json";
 
@@ -27,6 +28,8 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     /// Replaced whole on reload.
     upstreams: ArcSwap<Vec<Arc<Upstream>>>,
+    /// `[shared_cache]`, if configured; replaced on reload.
+    shared: ArcSwapOption<SharedCache>,
 }
 
 impl Admin {
@@ -35,7 +38,13 @@ impl Admin {
         Admin {
             metrics,
             upstreams: ArcSwap::from_pointee(Vec::new()),
+            shared: ArcSwapOption::empty(),
         }
+    }
+
+    /// The shared cache now configured, if any (called at start and after each reload).
+    pub fn set_shared_cache(&self, shared: Option<Arc<SharedCache>>) {
+        self.shared.store(shared);
     }
 
     /// The upstreams now configured (called at start and after each reload).
@@ -118,10 +127,18 @@ fn status(admin: &Admin) -> Response<Full<Bytes>> {
             entry
         })
         .collect();
+    // Redis down is reported here, never in `/readyz`: each replica then serves with tokens
+    // of its own, so a pod that cannot reach Redis is degraded, not unready.
+    let shared_cache = admin.shared.load_full().map(|cache| match cache.state() {
+        SharedState::Down { for_seconds } => {
+            json!({ "state": "down", "down_for_seconds": for_seconds })
+        }
+        state => json!({ "state": state.name() }),
+    });
     reply(
         StatusCode::OK,
         JSON,
-        json!({ "upstreams": upstreams }).to_string(),
+        json!({ "upstreams": upstreams, "shared_cache": shared_cache }).to_string(),
     )
 }
 

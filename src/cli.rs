@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::client::{self, ClientError, Roots};
 use crate::config::{Config, Flow, UpstreamConfig};
 use crate::secret::Secret;
-use crate::token::{Token, TokenCache, TokenError, TokenSource};
+use crate::token::{SharedCache, Token, TokenCache, TokenError, TokenSource};
 
 /// sysexits.h `EX_USAGE`: the configuration or the command line is wrong.
 pub const EXIT_USAGE: u8 = 64;
@@ -142,6 +142,22 @@ pub async fn check(config: &Config, fetch: bool, out: &mut impl Write) -> io::Re
             Err(e) => {
                 writeln!(out, "{name}: FAILED: {e}")?;
                 failed.push(name.clone());
+            }
+        }
+    }
+    if let Some(shared) = &config.shared_cache {
+        // Redis down is not fatal at run time (each replica then keeps its own tokens), but an
+        // operator who asks wants to know before the fleet shares nothing.
+        let metrics = crate::metrics::Metrics::default().shared_cache();
+        let answered = match SharedCache::new(shared, metrics) {
+            Ok(cache) => cache.ping().await,
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(()) => writeln!(out, "shared_cache: ok (Redis answered)")?,
+            Err(e) => {
+                writeln!(out, "shared_cache: FAILED: {e}")?;
+                failed.push("shared_cache".to_owned());
             }
         }
     }

@@ -12,6 +12,7 @@ mod exposition;
 mod histogram;
 #[cfg(target_os = "linux")]
 mod process;
+mod shared;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,6 +27,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use exposition::Format;
 pub use histogram::AtomicHistogram;
+pub use shared::{SharedCacheMetrics, SharedEvent};
 
 use exposition::Text004;
 use histogram::MAX_BUCKETS;
@@ -56,6 +58,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    upstream: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabel {
     limit: &'static str,
 }
@@ -74,6 +82,8 @@ pub struct Metrics {
     token_expiry: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     replays: Family<OutcomeLabels, Counter>,
     connections: Family<UpstreamLabel, Gauge>,
+    shared_events: Family<EventLabels, Counter>,
+    shared_errors: SharedCacheMetrics,
     /// One handle per [`Limit`], resolved at start.
     limits: [Counter; 5],
     /// The length of the last exposition, to size the next one's buffer.
@@ -92,6 +102,8 @@ impl Default for Metrics {
         let token_expiry = Family::default();
         let replays = Family::default();
         let connections = Family::default();
+        let shared_events = Family::default();
+        let shared_errors = SharedCacheMetrics::default();
         let limit_hits = Family::<LimitLabel, Counter>::default();
         let limits = Limit::ALL.map(|limit| {
             limit_hits.get_or_create_owned(&LimitLabel {
@@ -142,6 +154,16 @@ impl Default for Metrics {
             limit_hits,
         );
         registry.register(
+            "shared_cache_events",
+            "What token requests did with the shared cache, by upstream and event",
+            shared_events.clone(),
+        );
+        registry.register(
+            "shared_cache_errors",
+            "Redis operations of the shared cache that failed, by kind",
+            shared_errors.0.clone(),
+        );
+        registry.register(
             "build_info",
             "The running build: its version, always 1",
             BuildInfo,
@@ -160,6 +182,8 @@ impl Default for Metrics {
             token_expiry,
             replays,
             connections,
+            shared_events,
+            shared_errors,
             limits,
             last_len: AtomicUsize::new(0),
         }
@@ -199,7 +223,18 @@ impl Metrics {
             expiry: self.token_expiry.get_or_create_owned(&label),
             replays: ReplayOutcome::ALL.map(|o| replay(o.label())),
             connections: self.connections.get_or_create_owned(&label),
+            shared: SharedEvent::ALL.map(|e| {
+                self.shared_events.get_or_create_owned(&EventLabels {
+                    upstream: upstream(),
+                    event: e.label(),
+                })
+            }),
         }
+    }
+
+    /// The handle counting Redis failures of the shared cache.
+    pub fn shared_cache(&self) -> SharedCacheMetrics {
+        self.shared_errors.clone()
     }
 
     /// Drops every series of upstream `name` (a reload removed it), so `/metrics` does not go on
@@ -222,6 +257,12 @@ impl Metrics {
             self.replays.remove(&OutcomeLabels {
                 upstream: upstream.clone(),
                 outcome,
+            });
+        }
+        for event in SharedEvent::ALL.map(SharedEvent::label) {
+            self.shared_events.remove(&EventLabels {
+                upstream: upstream.clone(),
+                event,
             });
         }
         let label = UpstreamLabel { upstream };
@@ -287,6 +328,7 @@ pub struct UpstreamMetrics {
     expiry: Gauge<f64, AtomicU64>,
     replays: [Counter; 6],
     connections: Gauge,
+    shared: [Counter; 5],
 }
 
 impl UpstreamMetrics {
@@ -305,6 +347,11 @@ impl UpstreamMetrics {
     /// What a rejected token led to.
     pub fn replay(&self, outcome: ReplayOutcome) {
         self.replays[outcome as usize].inc();
+    }
+
+    /// What a token request did with the shared cache.
+    pub fn shared(&self, event: SharedEvent) {
+        self.shared[event as usize].inc();
     }
 
     /// Seconds until the live token expires (0 when there is none); set at scrape time.

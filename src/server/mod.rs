@@ -25,11 +25,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::admin::Admin;
 use crate::body::BodyLimits;
 use crate::client::{self, ClientError, HttpClient, Roots};
-use crate::config::{Config, ConfigError, UpstreamConfig};
+use crate::config::{Config, ConfigError, SharedCacheConfig, UpstreamConfig};
 use crate::conn::{Slots, Timers};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::token::{TokenCache, TokenError, TokenSource};
+use crate::token::{SharedCache, SharedCacheError, TokenCache, TokenError, TokenSource};
 
 mod accept;
 mod reload;
@@ -56,6 +56,8 @@ pub enum StartError {
         upstream: String,
         source: TokenError,
     },
+    #[error("[shared_cache]: {0}")]
+    SharedCache(#[from] SharedCacheError),
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -108,7 +110,7 @@ impl Sidecar {
         let mut sidecar = Sidecar {
             config: config.clone(),
             path: None,
-            cache: TokenCache::default(),
+            cache: TokenCache::default().with_shared(shared_cache(config, &metrics)?),
             roots: Roots::load(),
             permits: Slots::new(config.limits.max_connections, Arc::clone(&metrics)),
             body_limits: Arc::new(BodyLimits::new(
@@ -127,7 +129,7 @@ impl Sidecar {
         for u in &config.upstreams {
             let listener = bind(&format!("upstream `{}`", u.name), u.listen).await?;
             let addr = local_addr(&listener, u.listen)?;
-            let (upstream, client) = sidecar.build(u, addr, None)?;
+            let (upstream, client) = sidecar.build(&sidecar.cache, u, addr, None)?;
             slots.insert(
                 u.name.clone(),
                 Slot {
@@ -292,6 +294,7 @@ impl Sidecar {
     /// token), when they would come out the same.
     fn build(
         &self,
+        cache: &TokenCache,
         u: &UpstreamConfig,
         addr: SocketAddr,
         old: Option<&Slot>,
@@ -310,14 +313,14 @@ impl Sidecar {
         };
         let metrics = self.metrics.upstream(&u.name);
         let tokens = match old.map(|s| s.upstream.load_full()) {
-            Some(previous) if same_client && previous.tokens.serves(&u.auth) => {
+            Some(previous) if same_client && previous.tokens.serves(&u.auth, cache) => {
                 Arc::clone(&previous.tokens)
             }
             previous => {
                 let source = TokenSource::new(
                     &u.name,
                     &u.auth,
-                    self.cache.clone(),
+                    cache.clone(),
                     client.clone(),
                     metrics.clone(),
                 )
@@ -344,9 +347,10 @@ impl Sidecar {
         ))
     }
 
-    /// Tells the admin endpoints which upstreams exist now.
+    /// Tells the admin endpoints which upstreams (and which shared cache) exist now.
     fn publish(&self) {
         if let Some(admin) = &self.admin {
+            admin.set_shared_cache(self.cache.shared().cloned());
             admin.set_upstreams(
                 self.slots
                     .values()
@@ -354,6 +358,29 @@ impl Sidecar {
                     .collect(),
             );
         }
+    }
+}
+
+/// The shared cache `config` asks for. It connects lazily: Redis being down delays nothing.
+fn shared_cache(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<SharedCache>>, SharedCacheError> {
+    config
+        .shared_cache
+        .as_ref()
+        .map(|c| SharedCache::new(c, metrics.shared_cache()))
+        .transpose()
+}
+
+/// Whether two `[shared_cache]` sections connect to the same place in the same way.
+fn same_shared_cache(a: Option<&SharedCacheConfig>, b: Option<&SharedCacheConfig>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.url.value == b.url.value && a.key_prefix == b.key_prefix && a.timeout == b.timeout
+        }
+        _ => false,
     }
 }
 

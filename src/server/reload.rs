@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::accept::{close, spawn_upstream_acceptor};
-use super::{bind, local_addr, Accepted, Sidecar, Slot, StartError};
+use super::{
+    bind, local_addr, same_shared_cache, shared_cache, Accepted, Sidecar, Slot, StartError,
+};
 use crate::config::Config;
 use crate::secret::{LoadedSecret, Secret};
 
@@ -78,7 +80,17 @@ impl Sidecar {
         if config.admin.as_ref().map(|a| a.listen) != self.config.admin.as_ref().map(|a| a.listen) {
             tracing::warn!("a change of [admin] listen takes effect at the next restart");
         }
-        // Prepare: listeners for new or moved upstreams, then the upstreams themselves.
+        // Prepare: the shared cache if it changed, listeners for new or moved upstreams, then
+        // the upstreams themselves.
+        let cache = match same_shared_cache(
+            self.config.shared_cache.as_ref(),
+            config.shared_cache.as_ref(),
+        ) {
+            true => self.cache.clone(),
+            false => self
+                .cache
+                .with_shared(shared_cache(&config, &self.metrics)?),
+        };
         let mut prepared = Vec::new();
         for u in &config.upstreams {
             let old = self.slots.get(&u.name);
@@ -91,7 +103,7 @@ impl Sidecar {
                 (None, Some(slot)) => slot.addr,
                 (None, None) => u.listen,
             };
-            let (upstream, client) = self.build(u, addr, old)?;
+            let (upstream, client) = self.build(&cache, u, addr, old)?;
             prepared.push((u.clone(), upstream, client, listener, addr));
         }
         // Commit.
@@ -167,6 +179,7 @@ impl Sidecar {
             tracing::warn!("{warning}");
         }
         self.config = config;
+        self.cache = cache;
         self.publish();
         Ok(format!(
             "{changed} kept, {added} added, {} removed",

@@ -3,13 +3,14 @@
 //!
 //! Only storage and keys live here; when to fetch, refresh or drop a token is `source`'s call.
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
 use moka::Expiry;
 use tokio::time::Instant;
 
+use super::shared::SharedCache;
 use super::Token;
 use crate::config::Flow;
 
@@ -25,12 +26,15 @@ pub struct TokenCache {
     pub(super) cache: moka::sync::Cache<TokenKey, Arc<Token>>,
     /// Randomly keyed per process, so fingerprints reveal nothing outside it.
     pub(super) hasher: RandomState,
+    /// `[shared_cache]`: where replicas share tokens. The moka cache stays the hot path.
+    pub(super) shared: Option<Arc<SharedCache>>,
 }
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
             .field("entries", &self.cache.entry_count())
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -43,7 +47,23 @@ impl Default for TokenCache {
                 .expire_after(UntilRetired)
                 .build(),
             hasher: RandomState::new(),
+            shared: None,
         }
+    }
+}
+
+impl TokenCache {
+    /// The same local cache, sharing tokens through `shared` (or no longer, with `None`).
+    pub fn with_shared(&self, shared: Option<Arc<SharedCache>>) -> TokenCache {
+        TokenCache {
+            shared,
+            ..self.clone()
+        }
+    }
+
+    /// The shared cache, if this process has one.
+    pub fn shared(&self) -> Option<&Arc<SharedCache>> {
+        self.shared.as_ref()
     }
 }
 
@@ -83,44 +103,67 @@ impl Expiry<TokenKey, Arc<Token>> for UntilRetired {
     }
 }
 
-/// A hash of everything that decides which token the endpoint hands out: flow, endpoint,
-/// every credential, scope and extra parameters.
+/// A hash of everything that decides which token the endpoint hands out, keyed per process.
 pub(super) fn fingerprint(flow: &Flow, hasher: &RandomState) -> u64 {
-    let mut h = hasher.build_hasher();
-    flow.kind().name().hash(&mut h);
-    match flow {
-        Flow::ClientCredentials(c) => {
-            c.token_url.hash(&mut h);
-            hash_client(&c.client, &mut h);
-            (&c.scope, &c.extra_params).hash(&mut h);
-        }
-        Flow::Password(p) => {
-            p.token_url.hash(&mut h);
-            for s in [&p.username, &p.password] {
-                s.value.expose().hash(&mut h);
-            }
-            p.totp_secret
-                .as_ref()
-                .map(|t| t.value.expose())
-                .hash(&mut h);
-            if let Some(c) = &p.client {
-                hash_client(c, &mut h);
-            }
-            (&p.scope, &p.extra_params).hash(&mut h);
-        }
-        Flow::NexusHub(n) => {
-            n.auth_url.hash(&mut h);
-            n.user_key.value.expose().hash(&mut h);
-            n.user_secret.value.expose().hash(&mut h);
-        }
-        Flow::Static(t) => t.value.expose().hash(&mut h),
-        Flow::None => {}
-    }
-    h.finish()
+    hasher.hash_one(credentials(flow))
 }
 
-fn hash_client(c: &crate::config::Client, h: &mut impl Hasher) {
-    c.id.value.expose().hash(h);
-    c.secret.value.expose().hash(h);
-    (c.auth as u8).hash(h);
+/// Everything that decides which token the endpoint hands out (flow, endpoint, every
+/// credential, scope and extra parameters) as one unambiguous byte string: each field is
+/// length-prefixed, so no two configurations can run together into the same bytes. The same
+/// credentials give the same bytes in every process, which is what lets replicas find one
+/// another's tokens in the shared cache (and derive the key that seals them).
+pub(super) fn credentials(flow: &Flow) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut field = |bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    field(flow.kind().name().as_bytes());
+    match flow {
+        Flow::ClientCredentials(c) => {
+            field(c.token_url.to_string().as_bytes());
+            client(&c.client, &mut field);
+            params(&c.scope, &c.extra_params, &mut field);
+        }
+        Flow::Password(p) => {
+            field(p.token_url.to_string().as_bytes());
+            field(p.username.value.expose().as_bytes());
+            field(p.password.value.expose().as_bytes());
+            field(
+                p.totp_secret
+                    .as_ref()
+                    .map_or("\0none", |t| t.value.expose())
+                    .as_bytes(),
+            );
+            match &p.client {
+                Some(c) => client(c, &mut field),
+                None => field(b"\0none"),
+            }
+            params(&p.scope, &p.extra_params, &mut field);
+        }
+        Flow::NexusHub(n) => {
+            field(n.auth_url.to_string().as_bytes());
+            field(n.user_key.value.expose().as_bytes());
+            field(n.user_secret.value.expose().as_bytes());
+        }
+        Flow::Static(t) => field(t.value.expose().as_bytes()),
+        Flow::None => {}
+    }
+    out
+}
+
+fn client(c: &crate::config::Client, field: &mut dyn FnMut(&[u8])) {
+    field(c.id.value.expose().as_bytes());
+    field(c.secret.value.expose().as_bytes());
+    field(&[c.auth as u8]);
+}
+
+/// Scope and extra parameters; last in every flow that has them, so the list needs no count.
+fn params(scope: &Option<String>, extra: &[(String, String)], field: &mut dyn FnMut(&[u8])) {
+    field(scope.as_deref().unwrap_or("\0none").as_bytes());
+    for (k, v) in extra {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
 }

@@ -391,7 +391,13 @@ impl Lifecycle {
 
     /// By when a token request sent at `at` has ended, whatever it met.
     fn ends_by(&self, at: Instant) -> Instant {
-        at + self.rules.timeout * EXCHANGES_PER_REQUEST + IN_FLIGHT_GRACE
+        at + self.request_bound()
+    }
+
+    /// The longest one token request takes, whatever it meets: also the life of the fleet
+    /// lock its sender holds (`[shared_cache]`).
+    pub fn request_bound(&self) -> Duration {
+        self.rules.timeout * EXCHANGES_PER_REQUEST + IN_FLIGHT_GRACE
     }
 
     /// When a token request could be sent at the earliest, `not_before` and the rate limit
@@ -408,6 +414,10 @@ impl Lifecycle {
         }
     }
 }
+
+mod fleet;
+
+pub use fleet::{better, Backoff, History, Verdict};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]

@@ -1,6 +1,8 @@
 //! Tokens: obtaining them, keeping them fresh, and telling the proxy which one to use.
 //!
-//! - `cache`: the shared moka [`TokenCache`], its keys and the credential fingerprint.
+//! - `cache`: the process's moka [`TokenCache`], its keys and the credential fingerprint.
+//! - `shared`: the shared cache (`[shared_cache]`): replicas with the same credentials share
+//!   one token through Redis, sealed under a key derived from the credentials.
 //! - `lifecycle`: the state machine of one upstream's token — every decision (use, wait,
 //!   fetch, retry when, fail with what) as a pure function of its state and the clock.
 //! - `source`: one [`TokenSource`] per upstream that carries those decisions out: the store
@@ -17,6 +19,7 @@ mod flow;
 mod lifecycle;
 mod response;
 mod schedule;
+mod shared;
 mod source;
 mod status;
 
@@ -28,6 +31,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 pub use cache::TokenCache;
+pub use shared::{SharedCache, SharedCacheError, SharedState};
 pub use source::{Reauth, TokenSource};
 pub use status::{LastFetch, TokenState, TokenStatus};
 
@@ -169,6 +173,14 @@ pub enum TokenError {
     /// says why). The next request starts another.
     #[error("the token request ended without an answer (the sidecar's token task stopped)")]
     Abandoned,
+    /// Another replica's token request failed this way; the fleet backs off from it together
+    /// (`[shared_cache]`). `message` is that error's text, read back from the sealed entry.
+    #[error("{message} (another replica's token request)")]
+    Replica {
+        message: Arc<str>,
+        transient: bool,
+        code: Option<ErrorCode>,
+    },
     /// The TOTP seed cannot produce codes.
     #[error(transparent)]
     Totp(#[from] crate::totp::InvalidTotpSecret),
@@ -209,6 +221,7 @@ impl TokenError {
             | TokenError::Abandoned => true,
             TokenError::Rejected { .. } | TokenError::Invalid(_) | TokenError::Totp(_) => false,
             TokenError::BackingOff { last } => last.is_transient(),
+            TokenError::Replica { transient, .. } => *transient,
         }
     }
 
@@ -219,6 +232,7 @@ impl TokenError {
                 code.as_ref()
             }
             TokenError::BackingOff { last } => last.endpoint_code(),
+            TokenError::Replica { code, .. } => code.as_ref(),
             TokenError::Invalid(_)
             | TokenError::Unreachable(_)
             | TokenError::Timeout(_)

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::cache::{fingerprint, TokenCache, TokenKey};
+use super::cache::{credentials, fingerprint, TokenCache, TokenKey};
 use super::flow::{self, Endpoint};
 use super::lifecycle::{Fetch, Lifecycle, Phase, Rejection, Rules, Step, Trigger};
 use super::response::{Grant, Lifetime};
@@ -30,6 +30,10 @@ use crate::config::{AuthConfig, Flow};
 use crate::headers::bearer;
 use crate::metrics::{FetchOutcome, UpstreamMetrics};
 use crate::secret::Secret;
+
+mod fleet;
+
+use fleet::{Fleet, Through};
 
 /// A token whose `expires_in` is unusable (zero, negative, not a number) and carries no JWT
 /// `exp` is used for at most this long: short enough that a token that really was dead is
@@ -82,6 +86,8 @@ pub struct TokenSource {
     client: HttpClient,
     metrics: UpstreamMetrics,
     store: Store,
+    /// `[shared_cache]` with `shared = true`: where this source meets the other replicas.
+    fleet: Option<Fleet>,
     state: Mutex<State>,
     /// Bumped after every change of the state or the store; waiting requests and the keeper
     /// watch it.
@@ -108,6 +114,12 @@ impl TokenSource {
         metrics: UpstreamMetrics,
     ) -> Result<TokenSource, TokenError> {
         let policy = Policy::of(auth);
+        let fleet = match (&cache.shared, Endpoint::of(&auth.flow)) {
+            (Some(shared), Some(_)) if auth.shared => {
+                Some(Fleet::new(shared, &credentials(&auth.flow)))
+            }
+            _ => None,
+        };
         let key = TokenKey {
             upstream: name.into(),
             fingerprint: fingerprint(&auth.flow, &cache.hasher),
@@ -123,6 +135,7 @@ impl TokenSource {
                 key,
                 refresh_token: Mutex::new(None),
             },
+            fleet,
             state: Mutex::new(State {
                 lifecycle: Lifecycle::new(policy.rules),
                 last: None,
@@ -134,12 +147,14 @@ impl TokenSource {
     }
 
     /// Starts the `prefetch` keeper, if this source has one: it obtains a token now and keeps
-    /// one fresh without traffic.
+    /// one fresh without traffic. A shared source also starts listening for the tokens other
+    /// replicas obtain.
     pub fn start(self: &Arc<Self>) {
-        if !self.policy.prefetch || Endpoint::of(&self.flow).is_none() {
+        if std::mem::replace(&mut self.state().started, true) {
             return;
         }
-        if std::mem::replace(&mut self.state().started, true) {
+        fleet::listen(self);
+        if !self.policy.prefetch || Endpoint::of(&self.flow).is_none() {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -174,8 +189,14 @@ impl TokenSource {
 
     /// Whether `auth` would obtain exactly the tokens this source obtains, under the same
     /// timing rules: a reload may then keep this source, its backoff and its refresh token.
-    pub fn serves(&self, auth: &AuthConfig) -> bool {
-        self.policy == Policy::of(auth)
+    pub fn serves(&self, auth: &AuthConfig, cache: &TokenCache) -> bool {
+        let same_fleet = match (&self.fleet, &cache.shared) {
+            (Some(fleet), Some(shared)) => auth.shared && fleet.uses(shared),
+            (None, shared) => !(auth.shared && shared.is_some()),
+            (Some(_), None) => false,
+        };
+        same_fleet
+            && self.policy == Policy::of(auth)
             && self.store.key.fingerprint == fingerprint(&auth.flow, &self.store.cache.hasher)
     }
 
@@ -275,7 +296,7 @@ impl TokenSource {
                     Rejection::PassThrough => return Ok(Reauth::PassThrough),
                     Rejection::Wait(until) => Step::Wait(until),
                     Rejection::Renew => {
-                        self.store.remove_if(used);
+                        self.forget(used);
                         self.changes.send_replace(());
                         state
                             .lifecycle
@@ -299,9 +320,18 @@ impl TokenSource {
         let held = self.store.get();
         let now = Instant::now();
         if let Rejection::Renew = state.lifecycle.rejected(used, held.as_ref(), now, now) {
-            self.store.remove_if(used);
+            self.forget(used);
             drop(state);
             self.changes.send_replace(());
+        }
+    }
+
+    /// Drops a token the upstream rejected: here if it is still the held one, and, through the
+    /// next token request, from the fleet's entry if it is still there.
+    fn forget(&self, used: &Arc<Token>) {
+        self.store.remove_if(used);
+        if let Some(fleet) = &self.fleet {
+            fleet.rejected(used);
         }
     }
 
@@ -361,6 +391,17 @@ impl TokenSource {
             return false;
         };
         tokio::time::sleep_until(fetch.at).await;
+        let claim = match &self.fleet {
+            Some(fleet) => {
+                let bound = self.state().lifecycle.request_bound();
+                match self.through_fleet(fleet, bound).await {
+                    Through::Settled => return true,
+                    Through::Claimed(claim) => Some((fleet, claim)),
+                    Through::Alone => None,
+                }
+            }
+            None => None,
+        };
         let started = Instant::now();
         self.state().lifecycle.sent(started);
         let refresh = self.store.refresh_token();
@@ -374,8 +415,23 @@ impl TokenSource {
         .and_then(|grant| self.make_token(grant, started));
         self.metrics
             .token_fetch(outcome(&result), started.elapsed());
+        self.record(fetch.trigger, started, refresh.is_some(), result);
+        if let Some((fleet, claim)) = claim {
+            self.publish(fleet, claim).await;
+        }
+        true
+    }
+
+    /// Records what a token request came to: the token in the store, the lifecycle's next
+    /// phase, the event in the log; then wakes everyone waiting.
+    fn record(
+        &self,
+        trigger: Trigger,
+        started: Instant,
+        used_refresh_token: bool,
+        result: Result<(Arc<Token>, NextRefresh), TokenError>,
+    ) {
         let upstream = &*self.store.key.upstream;
-        let trigger = fetch.trigger.name();
         let mut state = self.state();
         let now = Instant::now();
         match result {
@@ -388,8 +444,7 @@ impl TokenSource {
                     .expires_at
                     .saturating_duration_since(started)
                     .as_secs();
-                let used_refresh_token = refresh.is_some();
-                match fetch.trigger {
+                match trigger {
                     Trigger::RefreshAhead => {
                         tracing::info!(upstream, lifetime, used_refresh_token, "token refreshed")
                     }
@@ -398,7 +453,7 @@ impl TokenSource {
                             upstream,
                             lifetime,
                             used_refresh_token,
-                            trigger,
+                            trigger = trigger.name(),
                             "token fetched"
                         )
                     }
@@ -420,14 +475,13 @@ impl TokenSource {
                 drop(state);
                 let token_error = error.endpoint_code().map(|c| c.to_string());
                 let live_token = held.is_some_and(|t| t.is_live(now));
-                tracing::warn!(upstream, error = %crate::error::chain(&error), token_error, transient = error.is_transient(), trigger, live_token, "token request failed");
+                tracing::warn!(upstream, error = %crate::error::chain(&error), token_error, transient = error.is_transient(), trigger = trigger.name(), live_token, "token request failed");
                 let retry_at = humantime::format_rfc3339_seconds(SystemTime::now() + retry_in);
                 let retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX);
                 tracing::info!(upstream, until = %retry_at, retry_in_ms, failures, "backing off");
             }
         }
         self.changes.send_replace(());
-        true
     }
 
     /// A snapshot for `/status` and `/readyz`.
@@ -454,6 +508,7 @@ impl TokenSource {
             (Phase::Idle, None) => TokenState::Idle,
         };
         let mut status = TokenStatus::new(kind, endpoint, token_state, self.policy.prefetch);
+        status.shared = self.fleet.is_some();
         status.expires_in_seconds =
             live.map(|t| t.expires_at.saturating_duration_since(now).as_secs());
         status.last_fetch = state.last.as_ref().map(|(at, error)| LastFetch {
@@ -589,6 +644,14 @@ impl Store {
             });
     }
 
+    /// Takes the fleet's refresh token: it may have rotated since this replica held one.
+    fn set_refresh_token(&self, refresh_token: Option<Secret>) {
+        *self
+            .refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = refresh_token;
+    }
+
     fn refresh_token(&self) -> Option<Secret> {
         self.refresh_token
             .lock()
@@ -615,6 +678,10 @@ fn error_outcome(e: &TokenError) -> FetchOutcome {
             FetchOutcome::Timeout
         }
         TokenError::BackingOff { last } => error_outcome(last),
+        TokenError::Replica {
+            transient: false, ..
+        } => FetchOutcome::Rejected,
+        TokenError::Replica { .. } => FetchOutcome::Unavailable,
     }
 }
 

@@ -74,6 +74,8 @@ pub struct TokenStatus {
     pub state: TokenState,
     /// Whether the token is obtained at start-up and kept fresh without traffic.
     pub prefetch: bool,
+    /// Whether the token is shared with other replicas through `[shared_cache]`.
+    pub shared: bool,
     /// What `/readyz` makes of `state`.
     pub ready: bool,
     /// Seconds until the live token stops being used.
@@ -95,6 +97,7 @@ impl TokenStatus {
             token_endpoint,
             state,
             prefetch,
+            shared: false,
             ready: state.is_ready(prefetch),
             expires_in_seconds: None,
             last_fetch: None,

@@ -1,0 +1,307 @@
+//! The lifecycle's decisions when replicas share their tokens: what a token request that is
+//! due in this replica does with what the fleet already has.
+//!
+//! The fleet's entry carries a token and a [`History`] (failures, last sent, backoff). A due
+//! token request first consults it: a better token is adopted, the fleet's backoff and rate
+//! limit are obeyed as if this replica had failed or sent the last request itself, and only
+//! then does the replica fetch, under the fleet lock, for everyone. Like the rest of the
+//! lifecycle: pure, no I/O; the caller reads and writes Redis.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Lifecycle, Phase};
+use crate::token::{Token, TokenError};
+
+/// What the fleet's token requests have come to: stored beside the shared token, so that the
+/// rate limit and the backoff hold for the fleet, not per replica.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Consecutive failed token requests.
+    pub failures: u32,
+    /// When the last token request was sent, by any replica.
+    pub last_sent: Option<Instant>,
+    /// The last token request failed: no replica asks again before `retry_at`.
+    pub backoff: Option<Backoff>,
+}
+
+/// A failure the fleet is backing off from.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub since: Instant,
+    pub retry_at: Instant,
+    pub error: TokenError,
+}
+
+/// What a due token request does after consulting the fleet.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The fleet holds a better token: use it, no token request (the phase is `Idle`).
+    Adopt(Arc<Token>),
+    /// The fleet is backing off: so does this replica, until the fleet's `retry_at`.
+    BackOff,
+    /// The fleet's rate limit defers the token request to this instant; consult again then.
+    Defer(Instant),
+    /// A token request is needed now: the caller takes the fleet lock, or, holding it, sends.
+    Fetch,
+}
+
+impl Lifecycle {
+    /// A token request of this replica is due (the phase is `Fetching`). `shared` is the
+    /// fleet's token (minus one this replica saw rejected), `history` the fleet's, `held` this
+    /// replica's token.
+    pub fn consult(
+        &mut self,
+        shared: Option<&Arc<Token>>,
+        history: &History,
+        held: Option<&Token>,
+        now: Instant,
+    ) -> Verdict {
+        self.last_sent = self.last_sent.max(history.last_sent);
+        if let Some(token) = shared.filter(|t| better(t, held, now)) {
+            self.failures = 0;
+            self.phase = Phase::Idle;
+            return Verdict::Adopt(Arc::clone(token));
+        }
+        // The fleet's count, not ours: a failure here is the fleet's next one.
+        self.failures = history.failures;
+        if let Some(backoff) = history.backoff.as_ref().filter(|b| now < b.retry_at) {
+            let (since, retry_at, error) = (backoff.since, backoff.retry_at, backoff.error.clone());
+            self.phase = match error.is_transient() {
+                true => Phase::BackingOff {
+                    since,
+                    retry_at,
+                    error,
+                },
+                false => Phase::Failed {
+                    since,
+                    retry_at,
+                    error,
+                },
+            };
+            return Verdict::BackOff;
+        }
+        let at = self.earliest_send(now);
+        if at > now {
+            if let Phase::Fetching { at: pending } = &mut self.phase {
+                *pending = at;
+            }
+            return Verdict::Defer(at);
+        }
+        Verdict::Fetch
+    }
+
+    /// Another replica's token arrived (announced by the fleet) and is better than the held
+    /// one: a failure this replica was backing off from is over.
+    pub fn adopted(&mut self) {
+        if let Phase::BackingOff { .. } | Phase::Failed { .. } = self.phase {
+            self.phase = Phase::Idle;
+            self.failures = 0;
+        }
+    }
+
+    /// What to store for the fleet after this replica's token request ended.
+    pub fn history(&self) -> History {
+        let backoff = match &self.phase {
+            Phase::BackingOff {
+                since,
+                retry_at,
+                error,
+            }
+            | Phase::Failed {
+                since,
+                retry_at,
+                error,
+            } => Some(Backoff {
+                since: *since,
+                retry_at: *retry_at,
+                error: error.clone(),
+            }),
+            Phase::Idle | Phase::Fetching { .. } => None,
+        };
+        History {
+            failures: self.failures,
+            last_sent: self.last_sent,
+            backoff,
+        }
+    }
+}
+
+/// Whether `shared` should replace `held`: it is live, and `held` is gone or retires sooner.
+pub fn better(shared: &Token, held: Option<&Token>, now: Instant) -> bool {
+    shared.is_live(now) && held.is_none_or(|h| !h.is_live(now) || shared.expires_at > h.expires_at)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{Fetch, Rules, Step, Trigger};
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn rules() -> Rules {
+        Rules {
+            min_refresh_interval: S(1),
+            token_wait: S(5),
+            timeout: S(2),
+        }
+    }
+
+    fn token(obtained: Instant, lifetime: u64) -> Arc<Token> {
+        Arc::new(Token::for_test(obtained, S(lifetime), S(lifetime * 4 / 5)))
+    }
+
+    /// A lifecycle whose token request is due now.
+    fn fetching(now: Instant) -> Lifecycle {
+        let mut lifecycle = Lifecycle::new(rules());
+        let step = lifecycle.demand(None, Trigger::Demand, now, now);
+        assert!(matches!(step, Step::Start(Fetch { .. })));
+        lifecycle
+    }
+
+    fn unavailable() -> TokenError {
+        TokenError::Unavailable {
+            status: 503,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_shared_token_is_adopted_instead_of_a_token_request() {
+        let now = Instant::now();
+        let mut lifecycle = fetching(now);
+        let shared = token(now, 60);
+        let verdict = lifecycle.consult(Some(&shared), &History::default(), None, now);
+        assert!(matches!(verdict, Verdict::Adopt(t) if Arc::ptr_eq(&t, &shared)));
+        assert!(matches!(lifecycle.phase(), Phase::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_due_token_the_replica_already_holds_is_refreshed_not_adopted() {
+        let start = Instant::now();
+        let held = token(start, 60);
+        tokio::time::advance(S(50)).await;
+        let now = Instant::now();
+        let mut lifecycle = Lifecycle::new(rules());
+        let fetch = lifecycle.refresh_due(&held, now).unwrap();
+        assert_eq!(fetch.trigger, Trigger::RefreshAhead);
+        let verdict = lifecycle.consult(Some(&held), &History::default(), Some(&held), now);
+        assert!(matches!(verdict, Verdict::Fetch));
+        // ...but a newer one that another replica already stored is taken.
+        let newer = token(now, 60);
+        let verdict = lifecycle.consult(Some(&newer), &History::default(), Some(&held), now);
+        assert!(matches!(verdict, Verdict::Adopt(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleets_backoff_holds_here_and_its_failures_count_on() {
+        let now = Instant::now();
+        let mut lifecycle = fetching(now);
+        let history = History {
+            failures: 3,
+            last_sent: Some(now),
+            backoff: Some(Backoff {
+                since: now,
+                retry_at: now + S(8),
+                error: unavailable(),
+            }),
+        };
+        assert!(matches!(
+            lifecycle.consult(None, &history, None, now),
+            Verdict::BackOff
+        ));
+        assert!(
+            matches!(lifecycle.phase(), Phase::BackingOff { retry_at, .. } if *retry_at == now + S(8))
+        );
+        // A request arriving now waits for the fleet's retry (within token_wait it would;
+        // 8 s is past the 5 s token_wait, so it fails at once).
+        assert!(matches!(
+            lifecycle.demand(None, Trigger::Demand, now, now),
+            Step::Fail(_)
+        ));
+        // Once the fleet's backoff is over, this replica's failure is the fleet's fourth.
+        tokio::time::advance(S(8)).await;
+        let now = Instant::now();
+        assert!(matches!(
+            lifecycle.demand(None, Trigger::Demand, now, now),
+            Step::Start(_)
+        ));
+        let over = History {
+            backoff: None,
+            ..history
+        };
+        assert!(matches!(
+            lifecycle.consult(None, &over, None, now),
+            Verdict::Fetch
+        ));
+        lifecycle.sent(now);
+        lifecycle.finished(Err(&unavailable()), None, now, 0.5);
+        assert_eq!(lifecycle.history().failures, 4);
+        assert!(lifecycle.history().backoff.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_credential_failure_of_the_fleet_fails_requests_at_once() {
+        let now = Instant::now();
+        let mut lifecycle = fetching(now);
+        let history = History {
+            failures: 1,
+            last_sent: Some(now),
+            backoff: Some(Backoff {
+                since: now,
+                retry_at: now + S(1),
+                error: TokenError::Rejected {
+                    status: 401,
+                    code: None,
+                },
+            }),
+        };
+        lifecycle.consult(None, &history, None, now);
+        assert!(matches!(lifecycle.phase(), Phase::Failed { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleets_rate_limit_defers_the_request() {
+        let now = Instant::now();
+        let mut lifecycle = fetching(now);
+        let history = History {
+            failures: 0,
+            last_sent: Some(now),
+            backoff: None,
+        };
+        let verdict = lifecycle.consult(None, &history, None, now);
+        assert!(matches!(verdict, Verdict::Defer(at) if at == now + S(1)));
+        assert!(matches!(lifecycle.phase(), Phase::Fetching { at } if *at == now + S(1)));
+        tokio::time::advance(S(1)).await;
+        let verdict = lifecycle.consult(None, &history, None, Instant::now());
+        assert!(matches!(verdict, Verdict::Fetch));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_announced_by_the_fleet_ends_a_local_backoff() {
+        let now = Instant::now();
+        let mut lifecycle = fetching(now);
+        lifecycle.sent(now);
+        lifecycle.finished(Err(&unavailable()), None, now, 0.5);
+        assert!(matches!(lifecycle.phase(), Phase::BackingOff { .. }));
+        lifecycle.adopted();
+        assert!(matches!(lifecycle.phase(), Phase::Idle));
+        assert_eq!(lifecycle.history().failures, 0);
+    }
+
+    #[test]
+    fn better_means_live_and_longer_lived() {
+        let now = Instant::now();
+        let (short, long) = (token(now, 10), token(now, 60));
+        assert!(better(&long, Some(&short), now));
+        assert!(!better(&short, Some(&long), now));
+        assert!(better(&short, None, now));
+        let dead = Token::for_test(now, Duration::ZERO, Duration::ZERO);
+        assert!(!better(&dead, None, now));
+    }
+}

@@ -1,0 +1,398 @@
+//! The shared token cache: replicas with the same credentials share one token through Redis.
+//!
+//! - `seal`: the entry's name, its AEAD key and token ids, all derived from the credentials.
+//! - `entry`: what an entry holds (token, refresh token, the fleet's history) and its wire
+//!   form.
+//! - `redis`: the Lua scripts (acquire the lock, drop a rejected token, release, publish).
+//!
+//! [`SharedCache`] is the process's one connection to Redis. It is consulted only when a
+//! token request is due: the hot path reads the local moka cache and never touches Redis.
+//! Every operation is bounded by `[shared_cache] timeout`; after a failure Redis is left alone
+//! for a while (each token request then goes to the endpoint directly, as without a shared
+//! cache), and the outage is logged once when it begins and once when it ends.
+//!
+//! Writes are announced on one Pub/Sub channel per key prefix, carrying only the entry's name.
+//! Replicas waiting for another's token request wake on it instead of polling, and idle ones
+//! pick the new token up before a request needs it.
+
+mod entry;
+mod redis;
+mod seal;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisError, Value};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+pub(crate) use entry::{Entry, Fields};
+pub(crate) use redis::{acquire, publish, read, release, Acquired, Keys};
+pub(crate) use seal::Seal;
+
+use crate::config::SharedCacheConfig;
+use crate::metrics::SharedCacheMetrics;
+
+/// After a failed operation, Redis is left alone this long at first...
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// ...doubling up to this while it keeps failing.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Entries outlive their tokens by this much: the refresh token and the fleet's backoff stay
+/// useful while the fleet is idle.
+pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The process's connection to the shared cache. Cheap to share (`Arc`).
+pub struct SharedCache {
+    conn: ConnectionManager,
+    prefix: String,
+    channel: String,
+    timeout: Duration,
+    health: Mutex<Health>,
+    /// Wakes the maintenance task after a failure, and when this is dropped.
+    failed: Arc<Notify>,
+    listeners: Arc<Listeners>,
+    metrics: SharedCacheMetrics,
+}
+
+impl std::fmt::Debug for SharedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCache")
+            .field("prefix", &self.prefix)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Whether Redis answers, as this process last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedState {
+    /// Nothing asked of it yet.
+    Connecting,
+    Up,
+    /// Failing since this long ago; each replica uses its own tokens meanwhile.
+    Down {
+        for_seconds: u64,
+    },
+}
+
+impl SharedState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SharedState::Connecting => "connecting",
+            SharedState::Up => "up",
+            SharedState::Down { .. } => "down",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Health {
+    state: Phase,
+    subscribed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Connecting,
+    Up,
+    Down {
+        since: Instant,
+        next_try: Instant,
+        delay: Duration,
+    },
+}
+
+/// Why an operation on the shared cache did not happen. Never carries the URL.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SharedCacheError {
+    #[error("the shared cache's url is not a usable Redis URL")]
+    BadUrl,
+    #[error("Redis did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("Redis is unreachable; not asked again for now")]
+    Resting,
+    #[error("Redis failed ({kind}): {message}")]
+    Redis { kind: &'static str, message: String },
+}
+
+impl SharedCacheError {
+    /// A fixed word for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SharedCacheError::BadUrl => "config",
+            SharedCacheError::Timeout(_) => "timeout",
+            SharedCacheError::Resting => "resting",
+            SharedCacheError::Redis { kind, .. } => kind,
+        }
+    }
+}
+
+impl From<RedisError> for SharedCacheError {
+    fn from(e: RedisError) -> Self {
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() {
+            "connection"
+        } else if e.kind() == ::redis::ErrorKind::AuthenticationFailed {
+            "auth"
+        } else {
+            "response"
+        };
+        SharedCacheError::Redis {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Who waits for news of which entry.
+#[derive(Debug, Default)]
+struct Listeners(Mutex<HashMap<String, watch::Sender<()>>>);
+
+impl Listeners {
+    fn subscribe(&self, name: &str) -> watch::Receiver<()> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, sender| sender.receiver_count() > 0);
+        map.entry(name.to_owned())
+            .or_insert_with(|| watch::Sender::new(()))
+            .subscribe()
+    }
+
+    fn notify(&self, name: &str) {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = map.get(name) {
+            sender.send_replace(());
+        }
+    }
+
+    /// A push from Redis: a `message` on our channel names an entry that changed.
+    fn push(&self, push: PushInfo) {
+        if push.kind != PushKind::Message {
+            return;
+        }
+        if let Some(Value::BulkString(name)) = push.data.get(1) {
+            if let Ok(name) = std::str::from_utf8(name) {
+                self.notify(name);
+            }
+        }
+    }
+}
+
+impl SharedCache {
+    /// Prepares the connection; connects lazily, so a Redis that is down at start-up delays
+    /// nothing. Fails only on a URL that cannot be used.
+    pub fn new(
+        config: &SharedCacheConfig,
+        metrics: SharedCacheMetrics,
+    ) -> Result<Arc<SharedCache>, SharedCacheError> {
+        let mut info = config
+            .url
+            .value
+            .expose()
+            .into_connection_info()
+            .map_err(|_| SharedCacheError::BadUrl)?;
+        // RESP3 lets one connection carry commands and the Pub/Sub pushes both.
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        info = info.set_redis_settings(settings);
+        let client = ::redis::Client::open(info).map_err(|_| SharedCacheError::BadUrl)?;
+        let listeners = Arc::new(Listeners::default());
+        let pushes = Arc::clone(&listeners);
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_push_sender(move |push: PushInfo| {
+                pushes.push(push);
+                Ok::<(), ()>(())
+            })
+            .set_automatic_resubscription();
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|_| SharedCacheError::BadUrl)?;
+        let cache = Arc::new(SharedCache {
+            conn,
+            channel: format!("{}:changed", config.key_prefix),
+            prefix: config.key_prefix.clone(),
+            timeout: config.timeout,
+            health: Mutex::new(Health {
+                state: Phase::Connecting,
+                subscribed: false,
+            }),
+            failed: Arc::new(Notify::new()),
+            listeners,
+            metrics,
+        });
+        tokio::spawn(maintain(Arc::downgrade(&cache), Arc::clone(&cache.failed)));
+        Ok(cache)
+    }
+
+    /// The Redis names of the entry `seal` names.
+    pub(crate) fn keys(&self, seal: &Seal) -> Keys {
+        Keys::new(&self.prefix, seal.name())
+    }
+
+    /// The channel writes are announced on.
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Wakes when the entry `name` is written by any replica.
+    pub(crate) fn watch(&self, name: &str) -> watch::Receiver<()> {
+        self.listeners.subscribe(name)
+    }
+
+    pub(crate) fn metrics(&self) -> &SharedCacheMetrics {
+        &self.metrics
+    }
+
+    pub fn state(&self) -> SharedState {
+        match self.health().state {
+            Phase::Connecting => SharedState::Connecting,
+            Phase::Up => SharedState::Up,
+            Phase::Down { since, .. } => SharedState::Down {
+                for_seconds: since.elapsed().as_secs(),
+            },
+        }
+    }
+
+    /// One round trip, for `check`.
+    pub async fn ping(&self) -> Result<(), SharedCacheError> {
+        self.run(|mut conn| async move {
+            ::redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Runs one operation within the timeout, unless Redis is resting after a failure. Every
+    /// failure is counted; the first of an outage is logged.
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, SharedCacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        if !self.admit(Instant::now()) {
+            return Err(SharedCacheError::Resting);
+        }
+        let result = match tokio::time::timeout(self.timeout, op(self.conn.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(SharedCacheError::from(e)),
+            Err(_) => Err(SharedCacheError::Timeout(self.timeout)),
+        };
+        match &result {
+            Ok(_) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    /// Whether to try Redis now: always while it is up; once per retry delay while it is
+    /// down, so an outage costs one timeout per delay, not one per token request.
+    fn admit(&self, now: Instant) -> bool {
+        let mut health = self.health();
+        match &mut health.state {
+            Phase::Connecting | Phase::Up => true,
+            Phase::Down {
+                next_try, delay, ..
+            } => {
+                if now < *next_try {
+                    return false;
+                }
+                *next_try = now + *delay;
+                true
+            }
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut health = self.health();
+        if let Phase::Down { since, .. } = health.state {
+            tracing::info!(
+                down_for_seconds = since.elapsed().as_secs(),
+                "shared cache is back: replicas share tokens again"
+            );
+        }
+        health.state = Phase::Up;
+    }
+
+    fn failed(&self, error: &SharedCacheError) {
+        self.metrics.error(error.kind());
+        let now = Instant::now();
+        let mut health = self.health();
+        health.state = match health.state {
+            Phase::Connecting | Phase::Up => {
+                tracing::warn!(
+                    error = %error,
+                    "shared cache unavailable: each replica obtains its own tokens until it returns"
+                );
+                Phase::Down {
+                    since: now,
+                    next_try: now + FIRST_RETRY,
+                    delay: FIRST_RETRY,
+                }
+            }
+            Phase::Down { since, delay, .. } => {
+                let delay = (delay * 2).min(MAX_RETRY);
+                Phase::Down {
+                    since,
+                    next_try: now + delay,
+                    delay,
+                }
+            }
+        };
+        drop(health);
+        self.failed.notify_one();
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for SharedCache {
+    fn drop(&mut self) {
+        // Ends the maintenance task.
+        self.failed.notify_one();
+    }
+}
+
+/// Subscribes to the channel (again, after an outage), and probes a Redis that is down so
+/// that `/status` and the next token request find it back. Holds only a weak reference.
+async fn maintain(cache: Weak<SharedCache>, failed: Arc<Notify>) {
+    loop {
+        let Some(this) = cache.upgrade() else { return };
+        let (subscribed, wait) = {
+            let health = this.health();
+            let wait = match health.state {
+                Phase::Down { next_try, .. } => Some(next_try),
+                Phase::Connecting | Phase::Up => None,
+            };
+            (health.subscribed, wait)
+        };
+        if let Some(next_try) = wait {
+            drop(this);
+            tokio::time::sleep_until(next_try).await;
+            let Some(this) = cache.upgrade() else { return };
+            let _ = this.ping().await;
+            continue;
+        }
+        if !subscribed {
+            let channel = this.channel.clone();
+            let result = this
+                .run(|mut conn| async move { conn.subscribe(channel).await })
+                .await;
+            // Subscribed once, the connection manager subscribes again after reconnecting.
+            this.health().subscribed = result.is_ok();
+            continue;
+        }
+        drop(this);
+        failed.notified().await;
+    }
+}

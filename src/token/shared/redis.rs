@@ -1,0 +1,190 @@
+//! The shared cache's Redis operations: four Lua scripts, each one atomic step of the fleet's
+//! protocol, and a plain read.
+//!
+//! Key names put the entry name in braces (`prefix:{name}` and `prefix:{name}:lock`), so an
+//! entry and its lock always share a Redis Cluster slot.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script};
+
+use super::entry::{Fields, Sealed};
+
+/// Take the fleet lock unless someone holds it, after dropping the token a replica saw
+/// rejected if the entry still holds that very token. Returns whether the lock was taken, its
+/// remaining life if not, and the entry as it is now.
+///
+/// KEYS: entry, lock. ARGV: owner, lock ttl (ms), rejected token id (or empty).
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'id') == ARGV[3] then
+            redis.call('HSET', KEYS[1], 'id', '')
+        end
+        local taken = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+        local ttl = 0
+        if not taken then ttl = redis.call('PTTL', KEYS[2]) end
+        local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'seal')
+        return {taken and 1 or 0, ttl, f[1], f[2], f[3]}
+        ",
+    )
+});
+
+/// Release the lock if we still own it (compare-and-delete).
+///
+/// KEYS: lock. ARGV: owner.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('DEL', KEYS[1])
+        end
+        return 0
+        ",
+    )
+});
+
+/// Write the entry if nobody wrote it since we read version `expected` (compare-and-set),
+/// release our lock either way, and tell the fleet. Returns 1 if written.
+///
+/// KEYS: entry, lock. ARGV: owner, expected version (empty: no entry), id, seal, entry ttl
+/// (ms), channel, name.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local current = redis.call('HGET', KEYS[1], 'v') or ''
+        local written = 0
+        if current == ARGV[2] then
+            redis.call('HINCRBY', KEYS[1], 'v', 1)
+            redis.call('HSET', KEYS[1], 'id', ARGV[3], 'seal', ARGV[4])
+            redis.call('PEXPIRE', KEYS[1], ARGV[5])
+            written = 1
+        end
+        if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+        if written == 1 then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+        return written
+        ",
+    )
+});
+
+/// The Redis names of one entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    /// The entry name alone: what notifications carry.
+    pub name: String,
+    pub entry: String,
+    pub lock: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str, name: &str) -> Keys {
+        Keys {
+            name: name.to_owned(),
+            entry: format!("{prefix}:{{{name}}}"),
+            lock: format!("{prefix}:{{{name}}}:lock"),
+        }
+    }
+}
+
+/// What [`acquire`] found.
+#[derive(Debug)]
+pub(crate) enum Acquired {
+    /// The lock is ours, and this is the entry as it stood when we took it.
+    Ours(Fields),
+    /// Someone holds it for this much longer; the entry as it stands.
+    Theirs(Duration, Fields),
+}
+
+pub(crate) async fn read(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<Fields> {
+    let (version, id, seal): (Option<String>, Option<String>, Option<Vec<u8>>) =
+        redis::cmd("HMGET")
+            .arg(&keys.entry)
+            .arg(&["v", "id", "seal"])
+            .query_async(conn)
+            .await?;
+    Ok(Fields { version, id, seal })
+}
+
+pub(crate) async fn acquire(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    owner: &str,
+    ttl: Duration,
+    rejected: Option<&str>,
+) -> RedisResult<Acquired> {
+    type Reply = (i64, i64, Option<String>, Option<String>, Option<Vec<u8>>);
+    let (taken, remaining, version, id, seal): Reply = ACQUIRE
+        .key(&keys.entry)
+        .key(&keys.lock)
+        .arg(owner)
+        .arg(millis(ttl))
+        .arg(rejected.unwrap_or(""))
+        .invoke_async(conn)
+        .await?;
+    let fields = Fields { version, id, seal };
+    Ok(match taken {
+        1 => Acquired::Ours(fields),
+        // PTTL is -1 for a lock without expiry (never written by us) and -2 if it vanished
+        // meanwhile: either way, try again soon rather than wait.
+        _ => Acquired::Theirs(
+            Duration::from_millis(u64::try_from(remaining).unwrap_or(0)),
+            fields,
+        ),
+    })
+}
+
+pub(crate) async fn release(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    owner: &str,
+) -> RedisResult<()> {
+    let _: i64 = RELEASE
+        .key(&keys.lock)
+        .arg(owner)
+        .invoke_async(conn)
+        .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn publish(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    owner: &str,
+    expected: Option<&str>,
+    sealed: &Sealed,
+    ttl: Duration,
+    channel: &str,
+) -> RedisResult<bool> {
+    let written: i64 = PUBLISH
+        .key(&keys.entry)
+        .key(&keys.lock)
+        .arg(owner)
+        .arg(expected.unwrap_or(""))
+        .arg(&sealed.id)
+        .arg(&sealed.seal)
+        .arg(millis(ttl))
+        .arg(channel)
+        .arg(&keys.name)
+        .invoke_async(conn)
+        .await?;
+    Ok(written == 1)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_and_its_lock_share_a_cluster_slot() {
+        let keys = Keys::new("nexus-sidecar", "abc123");
+        assert_eq!(keys.entry, "nexus-sidecar:{abc123}");
+        assert_eq!(keys.lock, "nexus-sidecar:{abc123}:lock");
+    }
+}

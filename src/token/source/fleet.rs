@@ -1,0 +1,328 @@
+//! A source's token requests when replicas share their tokens (`[shared_cache]`).
+//!
+//! A token request that is due here first reads the fleet's entry: a better token is adopted,
+//! the fleet's backoff and rate limit are obeyed. Only when a token request is needed does the
+//! replica take the fleet lock (owner value, expiry), send it, and publish the result for
+//! everyone (compare-and-set, then the lock is released and the write announced). Replicas
+//! that find the lock taken wait for the announcement, or for the lock to expire, never
+//! polling. Whenever Redis fails, the request goes to the endpoint for this replica alone, as
+//! without a shared cache: Redis is never the reason a token is missing.
+//!
+//! Which token the fleet holds, and whether a replica saw it rejected, is compared by token id
+//! (an HMAC under a key derived from the credentials): compare-and-delete runs in Redis
+//! without the token ever being there in the clear.
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::{NextRefresh, TokenSource};
+use crate::metrics::SharedEvent;
+use crate::token::lifecycle::{better, Verdict};
+use crate::token::shared::{
+    self, Acquired, Entry, Fields, Keys, Seal, SharedCache, SharedCacheError, ENTRY_TTL,
+};
+use crate::token::Token;
+
+/// One source's place in the shared cache.
+pub(super) struct Fleet {
+    cache: Arc<SharedCache>,
+    seal: Seal,
+    keys: Keys,
+    /// The token this replica last saw rejected: never adopted again, and dropped from the
+    /// fleet's entry if it is still there.
+    rejected: Mutex<Option<Arc<Token>>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("entry", &self.keys.name)
+            .finish()
+    }
+}
+
+/// How a due token request stands after consulting the fleet.
+pub(super) enum Through {
+    /// A token or the fleet's backoff was adopted: no token request.
+    Settled,
+    /// This replica holds the fleet lock: send the token request and publish its outcome.
+    Claimed(Claim),
+    /// Redis failed: send the token request for this replica alone.
+    Alone,
+}
+
+/// The fleet lock, held.
+pub(super) struct Claim {
+    owner: String,
+    /// The entry's version when the lock was taken: the publish compares against it.
+    version: Option<String>,
+}
+
+impl Fleet {
+    /// A place for the credentials given as `credentials` bytes.
+    pub(super) fn new(cache: &Arc<SharedCache>, credentials: &[u8]) -> Fleet {
+        let seal = Seal::derive(credentials);
+        Fleet {
+            keys: cache.keys(&seal),
+            cache: Arc::clone(cache),
+            seal,
+            rejected: Mutex::new(None),
+        }
+    }
+
+    /// Whether this place is in `shared` (a reload may have replaced the shared cache).
+    pub(super) fn uses(&self, shared: &Arc<SharedCache>) -> bool {
+        Arc::ptr_eq(&self.cache, shared)
+    }
+
+    /// The upstream rejected `token`: the next token request drops it from the fleet's entry.
+    pub(super) fn rejected(&self, token: &Arc<Token>) {
+        *self.rejected.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(token));
+    }
+
+    fn rejected_token(&self) -> Option<Arc<Token>> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn open(&self, fields: Fields) -> Entry {
+        Entry::open(fields, &self.seal).unwrap_or_else(|_| {
+            self.cache.metrics().error("unopenable");
+            Entry::default()
+        })
+    }
+}
+
+impl TokenSource {
+    /// Consults the fleet before a token request: adopts what it has, or takes the lock.
+    /// Gives up waiting for another replica's token request after `bound` (its lock's life).
+    pub(super) async fn through_fleet(&self, fleet: &Fleet, bound: Duration) -> Through {
+        let metrics = &self.metrics;
+        let give_up = Instant::now() + bound;
+        // Subscribed before the first read, so no announcement falls between read and wait.
+        let mut news = fleet.cache.watch(&fleet.keys.name);
+        loop {
+            let keys = fleet.keys.clone();
+            let fields = match fleet
+                .cache
+                .run(|mut conn| async move { shared::read(&mut conn, &keys).await })
+                .await
+            {
+                Ok(fields) => fields,
+                Err(e) => return self.alone(&e),
+            };
+            match self.consult(fleet, fields) {
+                Verdict::Adopt(_) | Verdict::BackOff => return Through::Settled,
+                Verdict::Defer(at) => {
+                    tokio::time::sleep_until(at).await;
+                    continue;
+                }
+                Verdict::Fetch => {}
+            }
+            let owner = format!("{:032x}", fastrand::u128(..));
+            let rejected = fleet
+                .rejected_token()
+                .map(|t| fleet.seal.token_id(t.expose()));
+            let (keys, lock_owner) = (fleet.keys.clone(), owner.clone());
+            let acquired = fleet
+                .cache
+                .run(|mut conn| async move {
+                    shared::acquire(&mut conn, &keys, &lock_owner, bound, rejected.as_deref()).await
+                })
+                .await;
+            let (remaining, fields) = match acquired {
+                Err(e) => return self.alone(&e),
+                Ok(Acquired::Ours(fields)) => {
+                    let version = fields.version.clone();
+                    match self.consult(fleet, fields) {
+                        Verdict::Fetch => {
+                            metrics.shared(SharedEvent::Miss);
+                            return Through::Claimed(Claim { owner, version });
+                        }
+                        // Someone finished just before we took the lock.
+                        verdict => {
+                            self.release(fleet, &owner).await;
+                            match verdict {
+                                Verdict::Defer(at) => tokio::time::sleep_until(at).await,
+                                _ => return Through::Settled,
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Ok(Acquired::Theirs(remaining, fields)) => (remaining, fields),
+            };
+            if let Verdict::Adopt(_) | Verdict::BackOff = self.consult(fleet, fields) {
+                return Through::Settled;
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                metrics.shared(SharedEvent::LockTimeout);
+                return self.alone(&SharedCacheError::Timeout(bound));
+            }
+            metrics.shared(SharedEvent::LockWait);
+            // Their announcement, or their lock's expiry (a holder that died), whichever first.
+            let wake = (now + remaining.max(Duration::from_millis(10))).min(give_up);
+            tokio::select! {
+                changed = news.changed() => if changed.is_err() { return Through::Alone },
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Stores this replica's outcome for the fleet (its token, refresh token and history),
+    /// releases the lock and announces the write.
+    pub(super) async fn publish(&self, fleet: &Fleet, claim: Claim) {
+        let sealed = {
+            let state = self.state();
+            let held = self.store.get();
+            let refresh = self.store.refresh_token();
+            Entry::seal(
+                held.as_deref(),
+                refresh.as_ref(),
+                &state.lifecycle.history(),
+                &fleet.seal,
+            )
+        };
+        let (keys, channel) = (fleet.keys.clone(), fleet.cache.channel().to_owned());
+        let written = fleet
+            .cache
+            .run(|mut conn| async move {
+                let expected = claim.version.as_deref();
+                shared::publish(
+                    &mut conn,
+                    &keys,
+                    &claim.owner,
+                    expected,
+                    &sealed,
+                    ENTRY_TTL,
+                    &channel,
+                )
+                .await
+            })
+            .await;
+        if let Ok(false) = written {
+            // Our lock expired and someone else wrote meanwhile: theirs stands.
+            tracing::debug!(
+                upstream = &*self.store.key.upstream,
+                "shared token not stored: the entry changed meanwhile"
+            );
+        }
+    }
+
+    /// Adopts a token another replica announced, if it is better than the one held.
+    pub(super) async fn pick_up(&self, fleet: &Fleet) {
+        let keys = fleet.keys.clone();
+        let Ok(fields) = fleet
+            .cache
+            .run(|mut conn| async move { shared::read(&mut conn, &keys).await })
+            .await
+        else {
+            return;
+        };
+        let entry = fleet.open(fields);
+        let Some(token) = self.usable(fleet, &entry) else {
+            return;
+        };
+        let mut state = self.state();
+        let held = self.store.get();
+        if !better(&token, held.as_deref(), Instant::now()) {
+            return;
+        }
+        self.store.put(token, next_refresh(entry.refresh_token));
+        state.lifecycle.adopted();
+        drop(state);
+        self.metrics.shared(SharedEvent::Hit);
+        self.changes.send_replace(());
+    }
+
+    /// Reads the fleet's entry into the lifecycle's decision, and carries out an adoption.
+    fn consult(&self, fleet: &Fleet, fields: Fields) -> Verdict {
+        let entry = fleet.open(fields);
+        let shared = self.usable(fleet, &entry);
+        let mut state = self.state();
+        let held = self.store.get();
+        let now = Instant::now();
+        let verdict =
+            state
+                .lifecycle
+                .consult(shared.as_ref(), &entry.history, held.as_deref(), now);
+        match &verdict {
+            Verdict::Adopt(token) => {
+                self.store
+                    .put(Arc::clone(token), next_refresh(entry.refresh_token));
+                state.last = Some((SystemTime::now(), None));
+            }
+            Verdict::BackOff => {
+                let error = entry.history.backoff.map(|b| b.error);
+                state.last = Some((SystemTime::now(), error));
+            }
+            // About to send for the fleet: with the fleet's refresh token, which may have
+            // rotated since this replica last held one.
+            Verdict::Fetch if entry.refresh_token.is_some() => {
+                self.store.set_refresh_token(entry.refresh_token);
+            }
+            Verdict::Fetch | Verdict::Defer(_) => {}
+        }
+        drop(state);
+        if let Verdict::Adopt(_) | Verdict::BackOff = verdict {
+            self.metrics.shared(SharedEvent::Hit);
+            self.changes.send_replace(());
+        }
+        verdict
+    }
+
+    /// The entry's token, unless this replica saw it rejected.
+    fn usable(&self, fleet: &Fleet, entry: &Entry) -> Option<Arc<Token>> {
+        let rejected = fleet.rejected_token();
+        entry
+            .token
+            .clone()
+            .filter(|t| rejected.is_none_or(|r| r.expose() != t.expose()))
+    }
+
+    async fn release(&self, fleet: &Fleet, owner: &str) {
+        let (keys, owner) = (fleet.keys.clone(), owner.to_owned());
+        let _ = fleet
+            .cache
+            .run(|mut conn| async move { shared::release(&mut conn, &keys, &owner).await })
+            .await;
+    }
+
+    fn alone(&self, error: &SharedCacheError) -> Through {
+        self.metrics.shared(SharedEvent::Fallback);
+        tracing::debug!(upstream = &*self.store.key.upstream, error = %error, "token request without the shared cache");
+        Through::Alone
+    }
+}
+
+/// With a shared source, wakes on every announcement of its entry and picks up the new token,
+/// so that a replica that did not ask has it before a request needs it. Holds only a weak
+/// reference between announcements.
+pub(super) fn listen(source: &Arc<TokenSource>) {
+    let Some(fleet) = &source.fleet else { return };
+    let mut news = fleet.cache.watch(&fleet.keys.name);
+    let weak: Weak<TokenSource> = Arc::downgrade(source);
+    tokio::spawn(async move {
+        while news.changed().await.is_ok() {
+            let Some(this) = weak.upgrade() else { return };
+            if this.state().retired {
+                return;
+            }
+            if let Some(fleet) = &this.fleet {
+                this.pick_up(fleet).await;
+            }
+        }
+    });
+}
+
+fn next_refresh(refresh_token: Option<crate::secret::Secret>) -> NextRefresh {
+    match refresh_token {
+        Some(r) => NextRefresh::Replace(r),
+        None => NextRefresh::Keep,
+    }
+}
