@@ -92,6 +92,15 @@ impl Lifecycle {
         Verdict::Fetch
     }
 
+    /// This replica waits for another's token request (it holds the fleet lock): requests
+    /// waiting here count that request's time from now, as if it were our own just sent. The
+    /// rate limit is untouched: nothing was sent from here.
+    pub fn awaiting_fleet(&mut self, now: Instant) {
+        if let Phase::Fetching { at } = &mut self.phase {
+            *at = (*at).max(now);
+        }
+    }
+
     /// Another replica's token arrived (announced by the fleet) and is better than the held
     /// one: a failure this replica was backing off from is over.
     pub fn adopted(&mut self) {
@@ -292,6 +301,28 @@ mod tests {
         lifecycle.adopted();
         assert!(matches!(lifecycle.phase(), Phase::Idle));
         assert_eq!(lifecycle.history().failures, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_another_replica_extends_the_wait_but_not_the_rate_limit() {
+        let start = Instant::now();
+        let mut lifecycle = fetching(start);
+        // Just before a request would give up on the in-flight request...
+        tokio::time::advance(lifecycle.request_bound() - S(1)).await;
+        let now = Instant::now();
+        lifecycle.awaiting_fleet(now);
+        tokio::time::advance(S(2)).await;
+        // ...it waits on, counting from when the wait for the fleet began.
+        let later = Instant::now();
+        assert!(matches!(
+            lifecycle.demand(None, Trigger::Demand, start, later),
+            Step::Wait(until) if until == now + lifecycle.request_bound()
+        ));
+        // And a token request of its own goes at once: none was sent from here.
+        assert!(matches!(
+            lifecycle.consult(None, &History::default(), None, later),
+            Verdict::Fetch
+        ));
     }
 
     #[test]

@@ -165,6 +165,7 @@ impl TokenSource {
                 return self.alone(&SharedCacheError::Timeout(bound));
             }
             metrics.shared(SharedEvent::LockWait);
+            self.state().lifecycle.awaiting_fleet(now);
             // Their announcement, or their lock's expiry (a holder that died), whichever first.
             let wake = (now + remaining.max(Duration::from_millis(10))).min(give_up);
             tokio::select! {

@@ -1,0 +1,336 @@
+//! The shared token cache end to end: a real `redis-server` and several real sidecar
+//! processes in front of one in-process token endpoint, counting what the fleet asks of it.
+//!
+//! The harness is synchronous (tests/support/fleet.rs); the stand-in runs on a runtime each
+//! test owns, and HTTP calls are `block_on`ed. Redis operations get a generous `timeout`, so a
+//! busy machine never turns a slow answer into a fallback (and a second token request).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use nexus_sidecar::standin::{Api, Failure, StandIn};
+use support::fleet::{Fleet, Replica};
+use support::redis::Redis;
+use support::{credentials, pki, temp_dir, upstream_toml, Http, Reply, PATIENCE, SECRET_MARK};
+use tokio::runtime::Runtime;
+
+/// One token endpoint (TLS, trusted through `ca_file`), one Redis, and the runtime both live
+/// on.
+struct World {
+    runtime: Runtime,
+    standin: StandIn,
+    redis: Redis,
+    dir: PathBuf,
+    http: Http,
+}
+
+impl World {
+    fn new() -> World {
+        World::with(Api::NuvyNexus)
+    }
+
+    fn with(api: Api) -> World {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pki = pki();
+        let dir = temp_dir("fleet");
+        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+        let tls = pki.server_config(&[b"h2", b"http/1.1"]);
+        let standin = runtime
+            .block_on(StandIn::start_tls(api, credentials(api), tls))
+            .unwrap();
+        World {
+            runtime,
+            standin,
+            redis: Redis::start(),
+            dir,
+            http: Http::default(),
+        }
+    }
+
+    /// A replica's configuration: an admin port, the shared cache, and the stand-in as
+    /// upstream "api" with `auth` lines added.
+    fn config(&self, auth: &str) -> String {
+        let trust = format!("ca_file = \"{}\"", self.dir.join("ca.pem").display());
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{}\"\ntimeout = \"5s\"\n\n{}",
+            self.redis.url(),
+            upstream_toml("api", &self.standin, &trust, auth)
+        )
+    }
+
+    fn fleet(&self, n: usize, auth: &str) -> Fleet {
+        let config = self.config(auth);
+        Fleet::start(n, |_| config.clone())
+    }
+
+    fn get(&self, replica: &Replica, path: &str) -> Reply {
+        self.runtime.block_on(self.http.get(&replica.app_url(path)))
+    }
+
+    /// `n` GETs through every replica at once; every reply.
+    fn burst(&self, fleet: &Fleet, n: usize) -> Vec<Reply> {
+        self.runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (r, replica) in fleet.replicas.iter().enumerate() {
+                for i in 0..n {
+                    let (http, url) = (
+                        self.http.clone(),
+                        replica.app_url(&format!("/v1/x?r={r}&i={i}")),
+                    );
+                    tasks.spawn(async move { http.get(&url).await });
+                }
+            }
+            tasks.join_all().await
+        })
+    }
+
+    /// A replica's counter `shared_cache_events_total{event}` for upstream "api".
+    fn events(&self, replica: &Replica, event: &str) -> u64 {
+        let text = self.get_admin(replica, "/metrics").text();
+        let series = format!(
+            "nexus_sidecar_shared_cache_events_total{{upstream=\"api\",event=\"{event}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    fn get_admin(&self, replica: &Replica, path: &str) -> Reply {
+        self.runtime
+            .block_on(self.http.get(&replica.admin_url(path)))
+    }
+
+    /// How many times Redis ran `command` (from `INFO commandstats`).
+    fn redis_calls(&self, command: &str) -> u64 {
+        let info = self.redis.command(&["INFO", "commandstats"]).text();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    }
+}
+
+fn all_ok(replies: &[Reply]) {
+    for reply in replies {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+}
+
+/// The entry names in Redis (keys other than locks).
+fn entries(redis: &Redis) -> BTreeSet<String> {
+    redis
+        .all_values()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .filter(|k| !k.ends_with(":lock"))
+        .collect()
+}
+
+#[test]
+fn five_replicas_cold_under_a_burst_make_one_token_request_and_store_nothing_in_the_clear() {
+    let world = World::new();
+    let fleet = world.fleet(5, "prefetch = false");
+    assert_eq!(world.standin.token_requests(), 0, "prefetch is off");
+
+    all_ok(&world.burst(&fleet, 8));
+    assert_eq!(
+        world.standin.token_requests(),
+        1,
+        "one token request for the fleet"
+    );
+    let seen = world.standin.seen();
+    assert_eq!(seen.len(), 40);
+    assert!(seen.iter().all(|s| s.authorized), "{seen:?}");
+    let misses: u64 = fleet.replicas.iter().map(|r| world.events(r, "miss")).sum();
+    assert_eq!(misses, 1, "exactly one replica fetched for the fleet");
+
+    // What Redis holds opens only with the credentials: no token, secret or client id in any
+    // key or value, and the key names say nothing about the API either.
+    let stored = world.redis.all_values();
+    assert_eq!(entries(&world.redis).len(), 1, "{stored:?}");
+    let c = credentials(Api::NuvyNexus);
+    let mut needles: Vec<String> = world.standin.issued_tokens();
+    needles.extend([
+        c.secret.clone(),
+        c.id.clone(),
+        SECRET_MARK.into(),
+        "nuvy".into(),
+    ]);
+    for (key, values) in &stored {
+        for needle in &needles {
+            let n = needle.as_bytes();
+            let found = key.windows(n.len()).any(|w| w == n)
+                || values.iter().any(|v| v.windows(n.len()).any(|w| w == n));
+            assert!(
+                !found,
+                "`{needle}` stored in the clear under {}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+    for replica in &fleet.replicas {
+        let log = replica.lines().join("\n");
+        assert!(!log.contains(SECRET_MARK), "a secret in a log:\n{log}");
+        let status = world.get_admin(replica, "/status").json();
+        assert_eq!(status["upstreams"][0]["shared"], true, "{status}");
+        assert_eq!(status["shared_cache"]["state"], "up", "{status}");
+    }
+}
+
+#[test]
+fn a_revocation_seen_by_every_replica_costs_one_token_request() {
+    let world = World::new();
+    let fleet = world.fleet(5, "prefetch = false\nmin_refresh_interval = \"100ms\"");
+    all_ok(&world.burst(&fleet, 1));
+    assert_eq!(world.standin.token_requests(), 1);
+
+    world.standin.revoke_all();
+    all_ok(&world.burst(&fleet, 4));
+    assert_eq!(
+        world.standin.token_requests(),
+        2,
+        "every replica saw the 401; one replaced the token for all"
+    );
+    let rejected = world
+        .standin
+        .seen()
+        .iter()
+        .filter(|s| !s.authorized)
+        .count();
+    assert!(rejected >= 1, "the revocation was seen");
+}
+
+#[test]
+fn a_failing_endpoint_is_asked_no_more_often_by_the_fleet_than_by_one_process() {
+    let world = World::new();
+    // Two failures, then a token: one process makes three token requests, backing off in
+    // between; so must five.
+    world.standin.fail_token_requests(2, Failure::Status(503));
+    let fleet = world.fleet(
+        5,
+        "prefetch = false\ntoken_wait = \"30s\"\nmin_refresh_interval = \"100ms\"",
+    );
+    all_ok(&world.burst(&fleet, 3));
+    assert_eq!(world.standin.token_requests(), 3);
+}
+
+#[test]
+fn redis_down_costs_no_request_and_the_fleet_shares_again_when_it_returns() {
+    let mut world = World::new();
+    let fleet = world.fleet(3, "prefetch = false\nmin_refresh_interval = \"100ms\"");
+    all_ok(&world.burst(&fleet, 2));
+    assert_eq!(world.standin.token_requests(), 1);
+
+    // Redis dies, and every replica needs a new token: each gets its own, nothing fails.
+    world.redis.kill();
+    world.standin.revoke_all();
+    all_ok(&world.burst(&fleet, 4));
+    let alone = world.standin.token_requests() - 1;
+    assert!(
+        (1..=3).contains(&alone),
+        "{alone} token requests while Redis was down"
+    );
+    for replica in &fleet.replicas {
+        replica.wait_for_line(|l| l.contains("shared cache unavailable"), PATIENCE);
+        let outage = replica
+            .lines()
+            .iter()
+            .filter(|l| l.contains("shared cache unavailable"))
+            .count();
+        assert_eq!(outage, 1, "the outage is logged once, not per request");
+        let status = world.get_admin(replica, "/status").json();
+        assert_eq!(status["shared_cache"]["state"], "down", "{status}");
+        // Degraded, not unready.
+        assert_eq!(world.get_admin(replica, "/readyz").status, 200);
+    }
+
+    // Redis returns (empty): every replica finds it again, and shares again.
+    world.redis.restart();
+    for replica in &fleet.replicas {
+        replica.wait_for_line(|l| l.contains("shared cache is back"), PATIENCE);
+    }
+    let before = world.standin.token_requests();
+    world.standin.revoke_all();
+    all_ok(&world.burst(&fleet, 4));
+    assert_eq!(world.standin.token_requests(), before + 1, "shared again");
+}
+
+#[test]
+fn when_the_lock_holder_dies_another_replica_takes_over_after_the_lock_expires() {
+    let world = World::new();
+    // The lock lives as long as a token request can: 2 × timeout + 1 s = 3 s here.
+    let auth = "prefetch = false\ntimeout = \"1s\"";
+    let mut holder = Replica::start(&write(&world, "holder.toml", &world.config(auth)));
+    let waiter = Replica::start(&write(&world, "waiter.toml", &world.config(auth)));
+
+    // The holder takes the lock and sends its token request, which the endpoint holds; then
+    // it dies with the lock held.
+    world.standin.hold_token_requests(true);
+    let url = holder.app_url("/v1/x");
+    let http = world.http.clone();
+    let doomed = world.runtime.spawn(async move { http.try_get(&url).await });
+    world.runtime.block_on(world.standin.wait_held(1));
+    holder.kill();
+    world.standin.hold_token_requests(false);
+    let _ = world.runtime.block_on(doomed);
+
+    let evals_before = world.redis_calls("evalsha") + world.redis_calls("eval");
+    let reply = world.get(&waiter, "/v1/y");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(world.standin.token_requests(), 2);
+    assert!(world.events(&waiter, "lock_wait") >= 1);
+    // It waited for the lock's expiry, not by asking Redis over and over.
+    let evals = world.redis_calls("evalsha") + world.redis_calls("eval") - evals_before;
+    assert!(evals <= 6, "{evals} scripts run while waiting for the lock");
+}
+
+#[test]
+fn different_credentials_never_share_an_entry() {
+    let world = World::new();
+    // Same endpoint, same client id, another secret: a second entry, and each upstream keeps
+    // getting the token of its own credentials.
+    let trust = format!("ca_file = \"{}\"", world.dir.join("ca.pem").display());
+    let first = upstream_toml("api", &world.standin, &trust, "prefetch = false");
+    let second = upstream_toml("wrong", &world.standin, &trust, "prefetch = false")
+        .replace(&credentials(Api::NuvyNexus).secret, "another-secret");
+    let config = format!(
+        "[shared_cache]\nurl = \"{}\"\ntimeout = \"5s\"\n\n{first}\n{second}",
+        world.redis.url()
+    );
+    let fleet = Fleet::start(2, |_| config.clone());
+    for replica in &fleet.replicas {
+        assert_eq!(world.get(replica, "/v1/x").status, 200);
+        let wrong = world.runtime.block_on(
+            world
+                .http
+                .get(&format!("http://{}/v1/x", replica.app_addr_of("wrong"))),
+        );
+        assert_eq!(
+            wrong.status,
+            502,
+            "another secret gets no token: {}",
+            wrong.text()
+        );
+    }
+    // One for the right secret, one refused for the wrong one: the refusal is the fleet's
+    // too, so the second replica does not ask again.
+    assert_eq!(
+        world.standin.token_requests_by_grant("client_credentials"),
+        2
+    );
+    assert_eq!(entries(&world.redis).len(), 2);
+}
+
+fn write(world: &World, name: &str, config: &str) -> PathBuf {
+    let path = world.dir.join(name);
+    std::fs::write(&path, config).unwrap();
+    path
+}
