@@ -20,8 +20,8 @@
 //! - [`headers`]: pure functions over header maps (hop-by-hop, `Authorization`, scope).
 //! - [`body`]: buffer small request bodies for replay, stream the rest.
 //! - [`token`]: the token lifecycle — a state machine per upstream (single flight, refresh
-//!   ahead, backoff, `token_wait`, `prefetch`) over the moka cache — and the token requests of
-//!   each flow.
+//!   ahead, backoff, `token_wait`, `prefetch`) over the moka cache, the shared cache on Redis
+//!   that lets replicas share one token (`[shared_cache]`), and the token requests of each flow.
 //! - [`totp`]: RFC 6238 codes for the password grant (and checking a seed at validation).
 //! - [`client`]: the pooled HTTPS client (rustls, HTTP/1.1 and h2 by ALPN).
 //! - [`error`]: the sidecar's own failures and their JSON responses.

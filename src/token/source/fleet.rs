@@ -237,6 +237,10 @@ impl TokenSource {
         self.store.put(token, next_refresh(entry.refresh_token));
         state.lifecycle.adopted();
         drop(state);
+        tracing::info!(
+            upstream = &*self.store.key.upstream,
+            "token taken from the shared cache (another replica obtained it)"
+        );
         self.metrics.shared(SharedEvent::Hit);
         self.changes.send_replace(());
     }
@@ -270,6 +274,18 @@ impl TokenSource {
             Verdict::Fetch | Verdict::Defer(_) => {}
         }
         drop(state);
+        let upstream = &*self.store.key.upstream;
+        match &verdict {
+            Verdict::Adopt(_) => tracing::info!(
+                upstream,
+                "token taken from the shared cache instead of a token request"
+            ),
+            Verdict::BackOff => tracing::info!(
+                upstream,
+                "the fleet is backing off from a failed token request; so does this replica"
+            ),
+            Verdict::Fetch | Verdict::Defer(_) => {}
+        }
         if let Verdict::Adopt(_) | Verdict::BackOff = verdict {
             self.metrics.shared(SharedEvent::Hit);
             self.changes.send_replace(());
@@ -307,9 +323,16 @@ impl TokenSource {
 pub(super) fn listen(source: &Arc<TokenSource>) {
     let Some(fleet) = &source.fleet else { return };
     let mut news = fleet.cache.watch(&fleet.keys.name);
+    // Closed when the source is dropped: the listener must not outlive it waiting for news
+    // that, for retired credentials, never comes.
+    let mut gone = source.changes.subscribe();
     let weak: Weak<TokenSource> = Arc::downgrade(source);
     tokio::spawn(async move {
-        while news.changed().await.is_ok() {
+        loop {
+            tokio::select! {
+                changed = news.changed() => if changed.is_err() { return },
+                changed = gone.changed() => if changed.is_err() { return } else { continue },
+            }
             let Some(this) = weak.upgrade() else { return };
             if this.state().retired {
                 return;
