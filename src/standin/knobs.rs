@@ -36,6 +36,8 @@ pub(super) struct Knobs {
     pub grant_disabled: bool,
     pub password_reset: bool,
     pub api_always_401: bool,
+    /// A refresh spends the presented refresh token (Nexudus, NexusHub).
+    pub rotate_refresh: bool,
 }
 
 /// The failures injected into token requests: a counted run
@@ -107,6 +109,7 @@ impl Shared {
                 grant_disabled: false,
                 password_reset: false,
                 api_always_401: false,
+                rotate_refresh: false,
             }),
             faults: Mutex::new(Faults::default()),
             tokens: Mutex::new(Registry::default()),

@@ -315,6 +315,22 @@ impl StandIn {
         lock(&self.shared.tokens).invalidate_refresh_tokens();
     }
 
+    /// Refresh tokens rotate: a refresh spends the refresh token it presents, and its answer
+    /// carries the successor (Nexudus always sends one; NexusHub, which documents no rotation,
+    /// sends one only while this is on). A spent refresh token presented again is refused
+    /// (Nexudus: 400 `invalid_grant`; NexusHub: 401 `unauthorized`) and counted in
+    /// [`StandIn::superseded_refresh_tokens`]. Off by default: the documented APIs keep a
+    /// presented refresh token valid.
+    pub fn rotate_refresh_tokens(&self, yes: bool) {
+        lock(&self.shared.knobs).rotate_refresh = yes;
+    }
+
+    /// How many times a refresh token already spent by a rotating refresh was presented again:
+    /// a client that replayed a superseded refresh token (0 if none ever was).
+    pub fn superseded_refresh_tokens(&self) -> usize {
+        lock(&self.shared.tokens).refresh_replays()
+    }
+
     /// The protected API answers 401 `invalid_token` to everything.
     pub fn set_api_always_401(&self, yes: bool) {
         lock(&self.shared.knobs).api_always_401 = yes;

@@ -57,11 +57,16 @@ fn password(shared: &Shared, form: &Form) -> Response<Body> {
     issue(shared, &expected.id)
 }
 
-/// A new access token and a new refresh token; the presented refresh token stays valid.
+/// A new access token and a new refresh token. The presented refresh token stays valid,
+/// unless refresh tokens rotate ([`StandIn::rotate_refresh_tokens`]): then it is spent, and
+/// presenting it again is `invalid_grant`, as for a revoked one.
+///
+/// [`StandIn::rotate_refresh_tokens`]: super::StandIn::rotate_refresh_tokens
 fn refresh(shared: &Shared, form: &Form) -> Response<Body> {
+    let rotate = shared.knobs().rotate_refresh;
     let subject = form
         .get("refresh_token")
-        .and_then(|rt| lock(&shared.tokens).refresh_subject(rt));
+        .and_then(|rt| lock(&shared.tokens).redeem_refresh(rt, rotate));
     match subject {
         Some(subject) => issue(shared, &subject),
         None => error(

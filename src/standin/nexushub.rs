@@ -1,7 +1,8 @@
 //! NexusHub `auth.nexushub.co` (seeds/nexushub-auth.txt): JSON `POST /authenticate` with
 //! `user_key`/`user_secret` and JSON `POST /refresh` with `refresh_token`. Responses carry no
-//! `expires_in`; the JWT `exp` says when a token dies. Counting, holding and injected failures
-//! happen before, in `gate`.
+//! `expires_in`; the JWT `exp` says when a token dies. The refresh token is reused: `/refresh`
+//! answers only an access token (unless the rotation knob is on). Counting, holding and
+//! injected failures happen before, in `gate`.
 
 use http::{Response, StatusCode};
 use serde::Deserialize;
@@ -41,12 +42,18 @@ pub(super) fn token(shared: &Shared, req: &TokenRequest) -> Response<Body> {
         let Ok(refresh) = serde_json::from_slice::<Refresh>(&req.body) else {
             return invalid_request("expected {\"refresh_token\"}");
         };
-        let subject = lock(&shared.tokens).refresh_subject(&refresh.refresh_token);
+        let rotate = shared.knobs().rotate_refresh;
+        let subject = lock(&shared.tokens).redeem_refresh(&refresh.refresh_token, rotate);
         let Some(subject) = subject else {
             return unauthorized("unknown or invalidated refresh_token");
         };
         let (token, _) = shared.issue(&subject);
-        wire::token_ok(&serde_json::json!({ "access_token": token }))
+        let mut body = serde_json::json!({ "access_token": token });
+        // NexusHub documents no rotation: only the knob makes `/refresh` hand out a successor.
+        if rotate {
+            body["refresh_token"] = lock(&shared.tokens).issue_refresh(&subject).into();
+        }
+        wire::token_ok(&body)
     }
 }
 

@@ -59,6 +59,10 @@ pub(super) struct Registry {
     refresh: HashMap<String, String>,
     /// Every refresh token ever issued, so invalidated ones stay distinct from new ones.
     refresh_ever: HashSet<String>,
+    /// Refresh tokens spent by a rotating refresh: presenting one again is a replay.
+    superseded: HashSet<String>,
+    /// How many times a superseded refresh token was presented.
+    replays: usize,
     /// How many times every token was revoked: the current revocation epoch.
     epoch: u64,
 }
@@ -135,6 +139,28 @@ impl Registry {
     /// The subject a live refresh token was issued to.
     pub fn refresh_subject(&self, refresh_token: &str) -> Option<String> {
         self.refresh.get(refresh_token).cloned()
+    }
+
+    /// A refresh token presented for a refresh: the subject it was issued to, if it is live.
+    /// With `rotate`, it is spent (the caller issues its successor), and presenting it again
+    /// is counted as a replay. Invalidated and unknown ones are refused without counting: only
+    /// a superseded one says its holder missed the rotation.
+    pub fn redeem_refresh(&mut self, refresh_token: &str, rotate: bool) -> Option<String> {
+        if self.superseded.contains(refresh_token) {
+            self.replays += 1;
+            return None;
+        }
+        if !rotate {
+            return self.refresh_subject(refresh_token);
+        }
+        let subject = self.refresh.remove(refresh_token)?;
+        self.superseded.insert(refresh_token.to_owned());
+        Some(subject)
+    }
+
+    /// How many times a superseded refresh token was presented.
+    pub fn refresh_replays(&self) -> usize {
+        self.replays
     }
 
     pub fn invalidate_refresh_tokens(&mut self) {
@@ -235,5 +261,25 @@ mod tests {
         assert_eq!(reg.refresh_subject(&rt).as_deref(), Some("u"));
         reg.invalidate_refresh_tokens();
         assert_eq!(reg.refresh_subject(&rt), None);
+    }
+
+    #[test]
+    fn a_rotating_refresh_spends_the_token_and_counts_its_replays() {
+        let mut reg = Registry::default();
+        let kept = reg.issue_refresh("u");
+        assert_eq!(reg.redeem_refresh(&kept, false).as_deref(), Some("u"));
+        assert_eq!(reg.redeem_refresh(&kept, false).as_deref(), Some("u"));
+        assert_eq!(reg.redeem_refresh(&kept, true).as_deref(), Some("u"));
+        assert_eq!(reg.refresh_replays(), 0);
+        // Spent: refused, and counted, whether or not rotation is still on.
+        assert_eq!(reg.redeem_refresh(&kept, true), None);
+        assert_eq!(reg.redeem_refresh(&kept, false), None);
+        assert_eq!(reg.refresh_replays(), 2);
+        // Unknown and invalidated refresh tokens are refused without counting.
+        let dropped = reg.issue_refresh("u");
+        reg.invalidate_refresh_tokens();
+        assert_eq!(reg.redeem_refresh(&dropped, true), None);
+        assert_eq!(reg.redeem_refresh("rt-unknown", true), None);
+        assert_eq!(reg.refresh_replays(), 2);
     }
 }

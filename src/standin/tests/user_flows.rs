@@ -214,3 +214,76 @@ async fn nexushub_json_authenticate_and_refresh() {
     assert_eq!(s.token_requests_by_grant("authenticate"), 5);
     assert_eq!(s.token_requests_by_grant("refresh"), 4);
 }
+
+#[tokio::test]
+async fn nexudus_rotating_refresh_tokens_refuse_and_count_a_superseded_one() {
+    let s = StandIn::start(Api::Nexudus, Credentials::new("jane", "pw"))
+        .await
+        .unwrap();
+    let url = s.token_url();
+    let signed_in = form(&url, None, "grant_type=password&username=jane&password=pw").await;
+    let first = signed_in.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refresh = |rt: &str| format!("grant_type=refresh_token&refresh_token={rt}");
+
+    s.rotate_refresh_tokens(true);
+    let rotated = form(&url, None, &refresh(&first)).await;
+    assert_issued(&s, &rotated);
+    let second = rotated.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(second, first);
+    // The first is spent: presenting it again is a replay, refused as the real API does.
+    let replayed = form(&url, None, &refresh(&first)).await;
+    assert_error(&replayed, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert_eq!(s.superseded_refresh_tokens(), 1);
+    assert_issued(&s, &form(&url, None, &refresh(&second)).await);
+    // Unknown and invalidated refresh tokens are refused too, but are no replay.
+    let unknown = form(&url, None, &refresh("rt-unknown")).await;
+    assert_error(&unknown, StatusCode::BAD_REQUEST, "invalid_grant");
+    let signed_in = form(&url, None, "grant_type=password&username=jane&password=pw").await;
+    let dropped = signed_in.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.invalidate_refresh_tokens();
+    let invalidated = form(&url, None, &refresh(&dropped)).await;
+    assert_error(&invalidated, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert_eq!(s.superseded_refresh_tokens(), 1);
+}
+
+#[tokio::test]
+async fn nexushub_rotates_only_under_the_knob() {
+    let s = StandIn::start(Api::NexusHub, Credentials::new("key", "secret"))
+        .await
+        .unwrap();
+    let auth = format!("{}/authenticate", s.token_url());
+    let refresh_url = format!("{}/refresh", s.token_url());
+    let signed_in = json_post(&auth, r#"{"user_key":"key","user_secret":"secret"}"#).await;
+    let first = signed_in.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refresh = |rt: &str| serde_json::json!({ "refresh_token": rt }).to_string();
+
+    // As documented: the refresh token is reused, and no successor comes.
+    let kept = json_post(&refresh_url, &refresh(&first)).await;
+    assert_issued(&s, &kept);
+    assert!(kept.json().get("refresh_token").is_none());
+
+    s.rotate_refresh_tokens(true);
+    let rotated = json_post(&refresh_url, &refresh(&first)).await;
+    assert_issued(&s, &rotated);
+    let second = rotated.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(second, first);
+    let replayed = json_post(&refresh_url, &refresh(&first)).await;
+    assert_error(&replayed, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(s.superseded_refresh_tokens(), 1);
+    assert_issued(&s, &json_post(&refresh_url, &refresh(&second)).await);
+}
