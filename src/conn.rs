@@ -1,18 +1,28 @@
 //! Guards on application connections (`[limits]`, PRODUCT.md §3.2): how many may be open at
-//! once, how long one may take to send its first request head, and how long it may sit idle.
+//! once, how long a request head may take, and how long a connection may sit idle.
 //!
-//! Not here: the wait for later heads on an HTTP/1.1 connection (hyper's `header_read_timeout`,
-//! counted from the previous response), stalled request bodies and the replay memory bound
-//! (`body`). Everything here is per connection and lock-free: an atomic count of requests in
-//! flight and a `Notify` that wakes the connection's watchdog when that count changes.
+//! A connection's watchdog tells the two timeouts apart as nginx does (`client_header_timeout`
+//! against `keepalive_timeout`): the first head has `header_read_timeout` from accept; after a
+//! response, an HTTP/1.1 connection that has received nothing is idle (`idle_timeout`) until the
+//! first byte of its next head, which then has `header_read_timeout` from that byte. hyper's own
+//! header timer is off: it would run from the previous response and close idle keep-alive
+//! connections at `header_read_timeout`.
+//!
+//! Not here: stalled request bodies and the replay memory bound (`body`). Everything here is per
+//! connection and lock-free: atomics, and a `Notify` that wakes the watchdog when the count of
+//! requests in flight changes. A read costs one relaxed store ([`Watched`]).
 
+use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::Version;
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -34,37 +44,76 @@ impl Slots {
         }
     }
 
-    /// A permit for one more connection, waiting while all are taken. Acceptors call this
-    /// before `accept`, so connections beyond the limit wait in the kernel's backlog and those
-    /// already open are unaffected.
-    pub async fn acquire(&self) -> OwnedSemaphorePermit {
+    /// A permit for one more connection, waiting while all are taken; `true` with it if it had
+    /// to wait. Acceptors call this before `accept`, so connections beyond the limit wait in the
+    /// kernel's backlog and those already open are unaffected.
+    pub async fn acquire(&self) -> (OwnedSemaphorePermit, bool) {
         if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
-            return permit;
+            return (permit, false);
         }
-        self.metrics.limit_hit(Limit::MaxConnections);
         match Arc::clone(&self.permits).acquire_owned().await {
-            Ok(permit) => permit,
+            Ok(permit) => (permit, true),
             // Never closed: `Slots` owns the semaphore and never calls `close`.
             Err(_) => unreachable!("the connection semaphore is never closed"),
         }
     }
+
+    /// Counts a connection that waited in the backlog for a free slot
+    /// (`limit_hits_total{limit="max_connections"}`).
+    pub fn waited(&self) {
+        self.metrics.limit_hit(Limit::MaxConnections);
+    }
 }
 
 /// What one connection is doing, as its watchdog needs to know.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Activity {
+    accepted: Instant,
     in_flight: AtomicUsize,
     seen_request: AtomicBool,
+    /// HTTP/2: pings and window updates arrive on an idle connection too, so bytes say nothing
+    /// about a next request; only `idle_timeout` applies between requests.
+    multiplexed: AtomicBool,
+    /// Bytes arrived since the last request in flight ended: on HTTP/1.1, a next head has
+    /// begun. Set by every read ([`Watched`]), cleared when the last request ends. Bytes of a
+    /// head pipelined behind a request still in flight are cleared with it: such a head counts
+    /// as idle (bounded by `idle_timeout`) until more of it arrives.
+    received: AtomicBool,
     changed: Notify,
 }
 
 impl Activity {
+    /// A connection accepted at `accepted`.
+    pub fn new(accepted: Instant) -> Activity {
+        Activity {
+            accepted,
+            in_flight: AtomicUsize::new(0),
+            seen_request: AtomicBool::new(false),
+            multiplexed: AtomicBool::new(false),
+            received: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
     /// A request arrived; the returned guard ends it when dropped (with its response body).
-    pub fn request(self: &Arc<Self>) -> InFlight {
+    pub fn request(self: &Arc<Self>, version: Version) -> InFlight {
+        if version == Version::HTTP_2 {
+            self.multiplexed.store(true, Ordering::Relaxed);
+        }
         self.seen_request.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_one();
         InFlight(Arc::clone(self))
+    }
+
+    /// Bytes arrived from the client.
+    pub fn received(&self) {
+        self.received.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the next head of an HTTP/1.1 connection has begun to arrive.
+    fn next_head_begun(&self) -> bool {
+        self.received.load(Ordering::Relaxed) && !self.multiplexed.load(Ordering::Relaxed)
     }
 }
 
@@ -74,7 +123,10 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // What was read so far was this request's: the next head has not begun.
+            self.0.received.store(false, Ordering::Relaxed);
+        }
         self.0.changed.notify_one();
     }
 }
@@ -82,35 +134,125 @@ impl Drop for InFlight {
 /// The timers a connection's watchdog enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Timers {
-    /// From accept to the first request head.
+    /// From accept to the first request head, and from the first byte of a later head to its
+    /// end.
     pub first_head: Duration,
-    /// With no request in flight.
+    /// With no request in flight and nothing of a next one received.
     pub idle: Duration,
 }
 
-/// Resolves with the limit a connection broke: no first request within `first_head` of
-/// `accepted` (a silent connection, or one that never finishes its head), or no request in
-/// flight for `idle`. Never resolves while a request is in flight, however long it streams.
-pub async fn watchdog(activity: &Activity, accepted: Instant, timers: Timers) -> Limit {
+/// Resolves with the limit a connection broke: no complete first head within `first_head` of
+/// accept (a silent connection, or one that never finishes its head); a later head begun but
+/// not complete within `first_head` of its first byte; or no request in flight and nothing
+/// received for `idle`. Never resolves while a request is in flight, however long it streams.
+///
+/// It must be polled right after the connection it watches, in the same task (`select!` with
+/// `biased`, the connection first): it learns that a next head has begun by looking, not by
+/// being woken, since a wake-up per read would cost a lock per request.
+pub async fn watchdog(activity: &Activity, timers: Timers) -> Limit {
     loop {
         let changed = activity.changed.notified();
         tokio::pin!(changed);
         // Registered before the state is read, so a change in between is not missed.
         changed.as_mut().enable();
         let (deadline, limit) = if !activity.seen_request.load(Ordering::Relaxed) {
-            (Some(accepted + timers.first_head), Limit::HeaderReadTimeout)
-        } else if activity.in_flight.load(Ordering::Acquire) == 0 {
-            (Some(Instant::now() + timers.idle), Limit::IdleTimeout)
-        } else {
+            (
+                Some(activity.accepted + timers.first_head),
+                Limit::HeaderReadTimeout,
+            )
+        } else if activity.in_flight.load(Ordering::Acquire) > 0 {
             (None, Limit::IdleTimeout)
+        } else if activity.next_head_begun() {
+            // Seen on the poll that follows the read: now is when the first byte came.
+            (
+                Some(Instant::now() + timers.first_head),
+                Limit::HeaderReadTimeout,
+            )
+        } else {
+            (Some(Instant::now() + timers.idle), Limit::IdleTimeout)
         };
-        match deadline {
-            Some(deadline) => tokio::select! {
-                () = &mut changed => {}
-                () = tokio::time::sleep_until(deadline) => return limit,
-            },
-            None => changed.await,
+        let idle = deadline.is_some() && limit == Limit::IdleTimeout;
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut changed => {}
+            () = next_head(activity), if idle => {}
+            () = expired => return limit,
         }
+    }
+}
+
+/// Resolves once a next head has begun. It registers no waker: see [`watchdog`].
+fn next_head(activity: &Activity) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| {
+        if activity.next_head_begun() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+/// A connection's socket that tells its [`Activity`] when bytes arrive.
+#[derive(Debug)]
+pub struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
+        Watched { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.received();
+        }
+        read
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -7,49 +7,83 @@ const TIMERS: Timers = Timers {
     idle: Duration::from_secs(60),
 };
 
+const H1: Version = Version::HTTP_11;
+
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_cut_at_the_first_head_timeout() {
-    let activity = Activity::default();
     let accepted = Instant::now();
-    let limit = watchdog(&activity, accepted, TIMERS).await;
+    let activity = Activity::new(accepted);
+    let limit = watchdog(&activity, TIMERS).await;
     assert_eq!(limit, Limit::HeaderReadTimeout);
     assert_eq!(accepted.elapsed(), TIMERS.first_head);
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_next_head_has_the_head_timeout_from_its_first_byte() {
+    let activity = Arc::new(Activity::new(Instant::now()));
+    drop(activity.request(H1));
+    let dog = watchdog(&activity, TIMERS);
+    tokio::pin!(dog);
+    // 55 s idle, then the first byte of a head: the idle timer gives way to the head timer,
+    // which runs past where the idle one would have ended.
+    assert!(tokio::time::timeout(Duration::from_secs(55), &mut dog)
+        .await
+        .is_err());
+    activity.received();
+    let first_byte = Instant::now();
+    assert_eq!(dog.await, Limit::HeaderReadTimeout);
+    assert_eq!(first_byte.elapsed(), TIMERS.first_head);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_of_a_request_in_flight_do_not_begin_a_next_head() {
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let in_flight = activity.request(H1);
+    // Its body.
+    activity.received();
+    drop(in_flight);
+    let idle = Instant::now();
+    assert_eq!(watchdog(&activity, TIMERS).await, Limit::IdleTimeout);
+    assert_eq!(idle.elapsed(), TIMERS.idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_http2_bytes_between_requests_leave_the_connection_idle() {
+    let activity = Arc::new(Activity::new(Instant::now()));
+    drop(activity.request(Version::HTTP_2));
+    let idle = Instant::now();
+    // A ping, say.
+    activity.received();
+    assert_eq!(watchdog(&activity, TIMERS).await, Limit::IdleTimeout);
+    assert_eq!(idle.elapsed(), TIMERS.idle);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_in_flight_is_never_idle_however_long_it_streams() {
-    let activity = Arc::new(Activity::default());
-    let accepted = Instant::now();
-    let in_flight = activity.request();
-    let still_running = tokio::time::timeout(
-        Duration::from_secs(24 * 3600),
-        watchdog(&activity, accepted, TIMERS),
-    )
-    .await;
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let in_flight = activity.request(H1);
+    let still_running =
+        tokio::time::timeout(Duration::from_secs(24 * 3600), watchdog(&activity, TIMERS)).await;
     assert!(still_running.is_err(), "the watchdog fired mid-request");
     // Once the response is done, the idle timer runs from then.
     drop(in_flight);
     let done = Instant::now();
-    assert_eq!(
-        watchdog(&activity, accepted, TIMERS).await,
-        Limit::IdleTimeout
-    );
+    assert_eq!(watchdog(&activity, TIMERS).await, Limit::IdleTimeout);
     assert_eq!(done.elapsed(), TIMERS.idle);
 }
 
 #[tokio::test(start_paused = true)]
 async fn each_request_restarts_the_idle_timer() {
-    let activity = Arc::new(Activity::default());
-    let accepted = Instant::now();
-    drop(activity.request());
-    let dog = watchdog(&activity, accepted, TIMERS);
+    let activity = Arc::new(Activity::new(Instant::now()));
+    drop(activity.request(H1));
+    let dog = watchdog(&activity, TIMERS);
     tokio::pin!(dog);
     for _ in 0..5 {
         // 50 s idle, then a request: never 60 s in a row.
         assert!(tokio::time::timeout(Duration::from_secs(50), &mut dog)
             .await
             .is_err());
-        drop(activity.request());
+        drop(activity.request(H1));
     }
     let last = Instant::now();
     assert_eq!(dog.await, Limit::IdleTimeout);
@@ -59,7 +93,8 @@ async fn each_request_restarts_the_idle_timer() {
 #[tokio::test]
 async fn slots_wait_when_all_are_taken() {
     let slots = Slots::new(2, Arc::new(Metrics::default()));
-    let a = slots.acquire().await;
+    let (a, waited) = slots.acquire().await;
+    assert!(!waited);
     let _b = slots.acquire().await;
     let mut third = Box::pin(slots.acquire());
     assert!(
@@ -67,7 +102,8 @@ async fn slots_wait_when_all_are_taken() {
         "a third connection waits"
     );
     drop(a);
-    let _c = third.await;
+    let (_c, waited) = third.await;
+    assert!(waited, "the third is told it waited");
 }
 
 /// Polls `f` once: `Some` if it was ready.

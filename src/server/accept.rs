@@ -1,20 +1,22 @@
 //! Accepting and serving application and admin connections, each held to `[limits]`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Accepted, Target};
 use crate::admin;
-use crate::conn::{self, Activity, Slots, Timers, Tracked};
-use crate::metrics::{Limit, Metrics};
+use crate::conn::{self, Activity, Slots, Timers, Tracked, Watched};
+use crate::metrics::Metrics;
 use crate::proxy;
 
 /// After a failed `accept` (out of file descriptors, say), wait this long before the next.
@@ -52,12 +54,18 @@ pub(super) fn spawn_acceptor(
     permits: Option<Slots>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        // Set by a wait for a permit: the backlog may hold connections that waited for one.
+        let mut backlog = false;
         loop {
             let permit = match &permits {
-                Some(permits) => Some(permits.acquire().await),
+                Some(permits) => {
+                    let (permit, waited) = permits.acquire().await;
+                    backlog |= waited;
+                    Some(permit)
+                }
                 None => None,
             };
-            match listener.accept().await {
+            match next(&listener, &mut backlog, permits.as_ref()).await {
                 Ok((stream, _)) => {
                     if tx.send((stream, target.clone(), permit)).await.is_err() {
                         return;
@@ -70,6 +78,30 @@ pub(super) fn spawn_acceptor(
             }
         }
     })
+}
+
+/// The next connection. After a wait for a permit (`backlog`), every connection the kernel
+/// already holds waited for a slot: each is taken at once and counted, until the backlog is
+/// empty; connections that come later find a slot free.
+async fn next(
+    listener: &TcpListener,
+    backlog: &mut bool,
+    permits: Option<&Slots>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    if *backlog {
+        let queued = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+            Poll::Ready(accepted) => Poll::Ready(Some(accepted)),
+            Poll::Pending => Poll::Ready(None),
+        });
+        if let Some(accepted) = queued.await {
+            if let (Ok(_), Some(permits)) = (&accepted, permits) {
+                permits.waited();
+            }
+            return accepted;
+        }
+        *backlog = false;
+    }
+    listener.accept().await
 }
 
 /// The `[limits]` every application connection is held to, with where to count them.
@@ -87,15 +119,15 @@ pub(super) fn serve(
 ) {
     let accepted = tokio::time::Instant::now();
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
     match target {
         Target::Upstream(slot) => {
             let open = slot.load().metrics.connection();
-            let activity = Arc::new(Activity::default());
+            let activity = Arc::new(Activity::new(accepted));
+            let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
             let service = {
                 let activity = Arc::clone(&activity);
-                service_fn(move |request| {
-                    let in_flight = activity.request();
+                service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let in_flight = activity.request(request.version());
                     let upstream = slot.load_full();
                     async move {
                         let response = proxy::handle(upstream, request).await?;
@@ -108,24 +140,30 @@ pub(super) fn serve(
             let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
             let (timers, metrics) = (guards.timers, Arc::clone(&guards.metrics));
             connections.spawn(async move {
-                tokio::select! {
-                    result = connection => if let Err(error) = result {
-                        if is_header_timeout(&*error) {
-                            metrics.limit_hit(Limit::HeaderReadTimeout);
+                {
+                    // Outside the `select!`, which would drop it before the count below: who
+                    // sees the close then sees the count.
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        // The connection first: the watchdog looks for a next head right
+                        // after each read (see `conn::watchdog`).
+                        biased;
+                        result = &mut connection => if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended with an error");
+                        },
+                        limit = conn::watchdog(&activity, timers) => {
+                            metrics.limit_hit(limit);
+                            tracing::debug!(limit = limit.label(), "connection closed");
                         }
-                        tracing::debug!(%error, "connection ended with an error");
-                    },
-                    limit = conn::watchdog(&activity, accepted, timers) => {
-                        // Dropping the connection closes it: nothing is in flight.
-                        metrics.limit_hit(limit);
-                        tracing::debug!(limit = limit.label(), "connection closed");
                     }
+                    // Dropped here, which closes it: nothing is in flight.
                 }
                 drop(open);
                 drop(permit);
             });
         }
         Target::Admin(admin) => {
+            let io = TokioIo::new(stream);
             let service = service_fn(move |request| admin::handle(Arc::clone(&admin), request));
             let connection = builder.serve_connection(io, service).into_owned();
             // Admin connections are not drained: probes must not hold up a shutdown.
@@ -134,12 +172,4 @@ pub(super) fn serve(
             });
         }
     }
-}
-
-/// Whether a connection ended because hyper's `header_read_timeout` ran out (a later head on
-/// an HTTP/1.1 keep-alive connection; the first one is the watchdog's).
-fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    error
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
 }

@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -209,10 +209,9 @@ impl Sidecar {
         }
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.config.limits.header_read_timeout);
+        // Head timeouts are the watchdog's (`conn`): hyper's timer would run from the previous
+        // response and close idle keep-alive connections long before `idle_timeout`.
+        builder.http1().header_read_timeout(None);
         // `[limits]` are read once, here: a reload that changes them is told so.
         let limits = Guards {
             timers: Timers {
@@ -384,14 +383,29 @@ fn same_shared_cache(a: Option<&SharedCacheConfig>, b: Option<&SharedCacheConfig
     }
 }
 
+/// The listen backlog: connections beyond `max_connections` wait there, handshake done, for a
+/// free slot. The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4);
+/// `TcpListener::bind` would ask for 128.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: what.to_owned(),
-            addr,
-            source,
-        })
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // As `TcpListener::bind` does: a restart can rebind while old connections linger in
+        // TIME_WAIT (on Windows it would allow stealing a port in use).
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| StartError::Bind {
+        what: what.to_owned(),
+        addr,
+        source,
+    })
 }
 
 fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartError> {
