@@ -1,9 +1,9 @@
 //! Request bodies on their way upstream: buffered for replay when small, streamed when not.
 //!
 //! [`prepare`] decides, reading at most `max_replay_body` bytes ahead: a body that ends within
-//! the limit is kept whole so a 401 can be answered by replaying it byte for byte; a larger one
-//! (or one whose declared length is larger) streams through untouched, after the prefix that
-//! was read. Response bodies are never buffered and do not pass through here.
+//! the limit is kept whole (trailers too) so a 401 can be answered by replaying it byte for
+//! byte; a larger one (or one whose declared length is larger) streams through untouched, after
+//! the prefix that was read. Response bodies are never buffered and do not pass through here.
 //!
 //! Two `[limits]` hold here: all replay buffers together stay within `max_buffered` (past it,
 //! bodies stream without replay, as large ones do), and a body that stops arriving for
@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
@@ -89,11 +90,19 @@ impl Drop for Held {
     }
 }
 
+/// A request body read whole, trailers included: what a replay sends again.
+#[derive(Debug, Clone, Default)]
+pub struct Buffered {
+    pub data: Bytes,
+    /// The trailer section of a chunked (or h2) body; `None` when it had none.
+    pub trailers: Option<HeaderMap>,
+}
+
 /// A request body as the upstream client sends it.
 #[derive(Debug)]
 pub enum ProxyBody {
-    /// A complete body (possibly empty); sent as one frame.
-    Full(Option<Bytes>),
+    /// A complete body (possibly empty); sent as one data frame, then its trailers if any.
+    Full(Option<Bytes>, Option<HeaderMap>),
     /// Bytes already read from the application, then the rest of its stream.
     Streaming {
         prefix: Option<Bytes>,
@@ -123,7 +132,13 @@ impl ProxyBody {
     /// A complete body.
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         let bytes = bytes.into();
-        ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
+        ProxyBody::Full((!bytes.is_empty()).then_some(bytes), None)
+    }
+
+    /// A body read whole from the application, with its trailers.
+    pub fn buffered(body: Buffered) -> ProxyBody {
+        let data = (!body.data.is_empty()).then_some(body.data);
+        ProxyBody::Full(data, body.trailers)
     }
 }
 
@@ -136,7 +151,13 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
         match self.get_mut() {
-            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Full(bytes, trailers) => Poll::Ready(
+                bytes
+                    .take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             ProxyBody::Streaming {
                 prefix,
                 rest,
@@ -162,15 +183,25 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Full(bytes, trailers) => bytes.is_none() && trailers.is_none(),
             ProxyBody::Streaming { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            ProxyBody::Full(bytes, trailers) => {
+                let len = bytes.as_ref().map_or(0, |b| b.len() as u64);
+                match trailers {
+                    None => SizeHint::with_exact(len),
+                    // Not exact: an exact size becomes a `Content-Length` upstream, and only a
+                    // chunked HTTP/1.1 body can carry trailers.
+                    Some(_) => {
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(len);
+                        hint
+                    }
+                }
             }
             ProxyBody::Streaming { prefix, rest, .. } => {
                 let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
@@ -190,7 +221,7 @@ impl Body for ProxyBody {
 #[derive(Debug)]
 pub enum Prepared {
     /// The whole body, kept for a possible replay, with its share of `max_buffered`.
-    Replayable(Bytes, Held),
+    Replayable(Buffered, Held),
     /// Too large to keep (or no room left to keep it): sent once, and a 401 cannot be replayed.
     Streaming(ProxyBody),
 }
@@ -212,7 +243,7 @@ where
     };
     let hint = body.size_hint();
     if hint.exact() == Some(0) || body.is_end_stream() {
-        return Ok(Prepared::Replayable(Bytes::new(), held));
+        return Ok(Prepared::Replayable(Buffered::default(), held));
     }
     // Only a body too large to keep is boxed: one allocation, on the rare path.
     let streaming = |prefix: Option<Bytes>, rest: B| {
@@ -227,23 +258,30 @@ where
         return streaming(None, body);
     }
     let mut buf = BytesMut::new();
+    let mut trailers = None;
     loop {
         let frame = match tokio::time::timeout(limits.read_timeout, body.frame()).await {
             Ok(Some(frame)) => frame.map_err(|e| ReadError::Read(e.into()))?,
             Ok(None) => break,
             Err(_) => return Err(limits.stalled()),
         };
-        // Trailers on a request are vanishingly rare; a replayed body goes without them.
-        if let Ok(data) = frame.into_data() {
-            let len = buf.len() as u64 + data.len() as u64;
-            let more = len.saturating_sub(held.bytes);
-            buf.extend_from_slice(&data);
-            if len > limit || (more > 0 && !limits.reserve(&mut held, more)) {
-                return streaming(Some(buf.freeze()), body);
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            // Trailers end the body; kept with it, they are sent again on a replay.
+            Err(frame) => {
+                trailers = frame.into_trailers().ok().filter(|t| !t.is_empty());
+                continue;
             }
+        };
+        let len = buf.len() as u64 + data.len() as u64;
+        let more = len.saturating_sub(held.bytes);
+        buf.extend_from_slice(&data);
+        if len > limit || (more > 0 && !limits.reserve(&mut held, more)) {
+            return streaming(Some(buf.freeze()), body);
         }
     }
-    Ok(Prepared::Replayable(buf.freeze(), held))
+    let data = buf.freeze();
+    Ok(Prepared::Replayable(Buffered { data, trailers }, held))
 }
 
 /// A response body to the application: the upstream's, streamed, or one the sidecar made.

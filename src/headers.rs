@@ -8,13 +8,14 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy
-/// credentials headers, which are meant for this hop only.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// credentials headers, which are meant for this hop only. `Trailer` is not one: it names the
+/// message's trailer fields (RFC 9110 §6.6.2), and hyper writes HTTP/1.1 trailers only when it
+/// names them. (RFC 2616 §13.5.1 listed "Trailers", a typo that some proxies copied.)
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
@@ -178,7 +179,13 @@ mod tests {
         for name in &HOP_BY_HOP {
             assert!(is_hop_by_hop(name), "{name}");
         }
-        for name in ["content-length", "authorization", "host", "x-request-id"] {
+        for name in [
+            "content-length",
+            "authorization",
+            "host",
+            "x-request-id",
+            "trailer",
+        ] {
             assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
     }

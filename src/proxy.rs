@@ -175,9 +175,11 @@ where
 
     // `_held` keeps the buffer's share of `max_buffered` until the request is done.
     let (first_body, replay, _held) = match body {
-        Prepared::Replayable(bytes, held) => {
-            (ProxyBody::full(bytes.clone()), Some(bytes), Some(held))
-        }
+        Prepared::Replayable(buffered, held) => (
+            ProxyBody::buffered(buffered.clone()),
+            Some(buffered),
+            Some(held),
+        ),
         Prepared::Streaming(stream) => (stream, None, None),
     };
     let head = Head {
@@ -219,7 +221,7 @@ where
         }
     };
     drop(first);
-    let second = send(up, head, ProxyBody::full(replay), Some(&*fresh)).await?;
+    let second = send(up, head, ProxyBody::buffered(replay), Some(&*fresh)).await?;
     up.metrics.replay(match needs_reauth(up, &second) {
         true => ReplayOutcome::RejectedAgain,
         false => ReplayOutcome::Recovered,

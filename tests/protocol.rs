@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -288,39 +289,76 @@ async fn h2c_with_trailers(
     (status, collected.to_bytes(), trailers)
 }
 
-/// Trailers from an HTTP/1.1 upstream reach an h2c app. (An HTTP/1.1 app gets the body but
-/// not the trailers: `Trailer` is removed as hop-by-hop, and hyper only writes trailers that a
-/// `Trailer` header announced.)
+/// An HTTP/1.1 app's request over one connection of its own: the response's status, body and
+/// trailers.
+async fn http1_with_trailers(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Frames,
+) -> (StatusCode, Bytes, Option<HeaderMap>) {
+    let mut conn = one_connection::<Frames>(addr).await;
+    let mut request = Request::post(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = within(
+        "an HTTP/1.1 reply",
+        conn.send_request(request.body(body).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.version(), Version::HTTP_11);
+    let status = response.status();
+    let collected = within("an HTTP/1.1 body", response.into_body().collect())
+        .await
+        .unwrap();
+    let trailers = collected.trailers().cloned();
+    (status, collected.to_bytes(), trailers)
+}
+
+/// Trailers from an HTTP/1.1 upstream reach an h2c app, and an HTTP/1.1 app that asked for
+/// them with `TE: trailers` (hyper writes HTTP/1.1 trailers only then, and only those the
+/// forwarded `Trailer` header names).
 #[tokio::test]
-async fn chunked_trailers_from_an_http1_upstream_reach_an_h2c_app() {
+async fn chunked_trailers_from_an_http1_upstream_reach_h2c_and_http1_apps() {
     let (upstream, _heads) = raw_upstream(with_trailer).await;
     let r = sidecar_for(&format!("http://{upstream}"), "").await;
     let (status, body, trailers) =
         h2c_with_trailers(&r.url("api", "/t"), &[("te", "trailers")], b"").await;
     assert_eq!(status, 200);
     assert_eq!(body, "payload");
-    let trailers = trailers.expect("no trailers reached the app");
+    let trailers = trailers.expect("no trailers reached the h2c app");
     assert_eq!(trailers["grpc-status"], "0");
 
-    let reply = within(
-        "an HTTP/1.1 reply",
-        Http::default().get(&r.url("api", "/t")),
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.text(), "payload");
+    let (status, body, trailers) =
+        http1_with_trailers(r.addr("api"), "/t", &[("te", "trailers")], Frames::new([])).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "payload");
+    let trailers = trailers.expect("no trailers reached the HTTP/1.1 app");
+    assert_eq!(trailers["grpc-status"], "0");
+
+    // An HTTP/1.1 app that did not ask for trailers gets the body alone.
+    let (status, body, trailers) =
+        http1_with_trailers(r.addr("api"), "/t", &[], Frames::new([])).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "payload");
+    assert!(trailers.is_none(), "{trailers:?}");
 }
 
-/// What the gRPC-style upstream saw of each request: version, `te` values, authorization.
+/// What the gRPC-style upstream saw of each request: version, `te` values, authorization, the
+/// body's trailers.
 #[derive(Clone, Debug)]
 struct Seen {
     version: Version,
     te: Vec<String>,
     authorization: Option<String>,
+    trailers: Option<HeaderMap>,
 }
 
 /// An h2-only TLS upstream (ALPN `h2`) in the manner of a gRPC server: `400` to a request
-/// without exactly `te: trailers`, otherwise `200` with a body and `grpc-status` trailers.
+/// without exactly `te: trailers`, otherwise `200` with a streamed body (no length) and
+/// `grpc-status` trailers, declared in a `Trailer` header.
 async fn grpc_like_upstream(pki: &Pki) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(&[b"h2"]));
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
@@ -360,16 +398,20 @@ async fn grpc_answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
-    log.lock().unwrap().push(Seen {
-        version: req.version(),
-        te: te.clone(),
-        authorization: req
-            .headers()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap().to_owned()),
-    });
+    let version = req.version();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned());
     let (_, body) = req.into_parts();
-    let request_body = body.collect().await.unwrap().to_bytes();
+    let collected = body.collect().await.unwrap();
+    log.lock().unwrap().push(Seen {
+        version,
+        te: te.clone(),
+        authorization,
+        trailers: collected.trailers().cloned(),
+    });
+    let request_body = collected.to_bytes();
     if te != ["trailers"] {
         let mut response =
             Response::new(Full::new(Bytes::from_static(b"te: trailers required")).boxed());
@@ -381,14 +423,26 @@ async fn grpc_answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response
     trailers.insert("grpc-message", "ok".parse().unwrap());
     let mut echo = b"echo:".to_vec();
     echo.extend_from_slice(&request_body);
-    let body = Full::new(Bytes::from(echo))
-        .with_trailers(async move { Some(Ok(trailers)) })
-        .boxed();
+    let body = Frames::new([Frame::data(Bytes::from(echo)), Frame::trailers(trailers)]).boxed();
     let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/grpc".parse().unwrap());
+    headers.insert("trailer", "grpc-status, grpc-message".parse().unwrap());
     response
-        .headers_mut()
-        .insert("content-type", "application/grpc".parse().unwrap());
-    response
+}
+
+/// A sidecar in front of a [`grpc_like_upstream`], trusting its CA (written under the returned
+/// directory).
+async fn grpc_sidecar(pki: &Pki, upstream: SocketAddr) -> (Running, std::path::PathBuf) {
+    let dir = temp_dir("protocol");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let r = sidecar_for(
+        &format!("https://localhost:{}", upstream.port()),
+        &format!("ca_file = \"{}\"", ca.display()),
+    )
+    .await;
+    (r, dir)
 }
 
 /// gRPC over h2: the app (h2c) sends `te: trailers`, the sidecar forwards exactly that over
@@ -398,14 +452,7 @@ async fn grpc_answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response
 async fn te_trailers_reaches_an_h2_upstream_and_trailers_come_back() {
     let pki = pki();
     let (upstream, seen) = grpc_like_upstream(&pki).await;
-    let dir = temp_dir("protocol");
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let r = sidecar_for(
-        &format!("https://localhost:{}", upstream.port()),
-        &format!("ca_file = \"{}\"", ca.display()),
-    )
-    .await;
+    let (r, dir) = grpc_sidecar(&pki, upstream).await;
     let url = r.url("api", "/pkg.Service/Method");
     let grpc = [("content-type", "application/grpc")];
 
@@ -440,5 +487,44 @@ async fn te_trailers_reaches_an_h2_upstream_and_trailers_come_back() {
         .all(|s| s.authorization.as_deref() == Some("Bearer static-token")));
     assert_eq!(seen[0].te, ["trailers"]);
     assert!(seen[1..].iter().all(|s| s.te.is_empty()), "{seen:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// gRPC-style trailers for an HTTP/1.1 app, both ways: the trailers of its chunked request
+/// reach the h2 upstream, and, as it sent `TE: trailers`, the upstream's response trailers come
+/// back to it as chunked trailers.
+#[tokio::test]
+async fn trailers_cross_between_an_http1_app_and_an_h2_upstream() {
+    let pki = pki();
+    let (upstream, seen) = grpc_like_upstream(&pki).await;
+    let (r, dir) = grpc_sidecar(&pki, upstream).await;
+    let mut checksum = HeaderMap::new();
+    checksum.insert("x-checksum", "42".parse().unwrap());
+    let request_body = Frames::new([
+        Frame::data(Bytes::from_static(b"\x00\x00\x00\x00\x01x")),
+        Frame::trailers(checksum),
+    ]);
+    let headers = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("trailer", "x-checksum"),
+    ];
+    let (status, body, trailers) =
+        http1_with_trailers(r.addr("api"), "/pkg.Service/Method", &headers, request_body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, &b"echo:\x00\x00\x00\x00\x01x"[..]);
+    let trailers = trailers.expect("no trailers reached the HTTP/1.1 app");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "ok");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, Version::HTTP_2);
+    assert_eq!(seen[0].te, ["trailers"]);
+    let sent = seen[0]
+        .trailers
+        .as_ref()
+        .expect("no trailers reached the upstream");
+    assert_eq!(sent["x-checksum"], "42");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -154,6 +154,29 @@ impl Body for ChannelBody {
     }
 }
 
+/// A body of the given frames (data, then trailers) whose length is not known up front: over
+/// HTTP/1.1 it is sent chunked, the only framing that can carry trailers.
+#[derive(Debug)]
+pub struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+impl Frames {
+    pub fn new(frames: impl IntoIterator<Item = Frame<Bytes>>) -> Frames {
+        Frames(frames.into_iter().collect())
+    }
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
 /// What [`watching_upstream`] reports.
 #[derive(Debug)]
 pub struct Watched {
