@@ -75,14 +75,17 @@ impl Token {
 #[cfg(test)]
 impl Token {
     /// A token obtained at `obtained_at`, retired after `usable`, due for refresh after
-    /// `refresh_after`.
+    /// `refresh_after`. Each is another token (`Bearer test-N`), as each token request brings.
     pub(crate) fn for_test(
         obtained_at: Instant,
         usable: Duration,
         refresh_after: Duration,
     ) -> Token {
+        static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Token {
-            header: HeaderValue::from_static("Bearer test"),
+            header: HeaderValue::try_from(format!("Bearer test-{n}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer test")),
             obtained_at,
             expires_at: obtained_at + usable,
             refresh_at: obtained_at + refresh_after,

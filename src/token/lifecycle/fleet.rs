@@ -137,9 +137,15 @@ impl Lifecycle {
     }
 }
 
-/// Whether `shared` should replace `held`: it is live, and `held` is gone or retires sooner.
+/// Whether `shared` should replace `held`: it is live, it is another token, and `held` is gone
+/// or retires sooner. The same token is never better than itself: each read of the entry turns
+/// its wall-clock instants into monotonic ones anew, so a token read again can come back a few
+/// nanoseconds longer-lived than the copy held.
 pub fn better(shared: &Token, held: Option<&Token>, now: Instant) -> bool {
-    shared.is_live(now) && held.is_none_or(|h| !h.is_live(now) || shared.expires_at > h.expires_at)
+    shared.is_live(now)
+        && held.is_none_or(|h| {
+            h.expose() != shared.expose() && (!h.is_live(now) || shared.expires_at > h.expires_at)
+        })
 }
 
 #[cfg(test)]
@@ -334,5 +340,18 @@ mod tests {
         assert!(better(&short, None, now));
         let dead = Token::for_test(now, Duration::ZERO, Duration::ZERO);
         assert!(!better(&dead, None, now));
+    }
+
+    #[test]
+    fn the_same_token_read_again_is_not_better() {
+        let now = Instant::now();
+        let held = token(now, 60);
+        let again = Token {
+            header: held.header.clone(),
+            obtained_at: held.obtained_at,
+            expires_at: held.expires_at + Duration::from_nanos(1),
+            refresh_at: held.refresh_at,
+        };
+        assert!(!better(&again, Some(&held), now));
     }
 }

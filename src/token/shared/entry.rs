@@ -217,6 +217,7 @@ impl Clock {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::token::lifecycle::better;
 
     fn token(access: &str) -> Token {
         let now = Instant::now();
@@ -305,6 +306,26 @@ mod tests {
                 .as_bytes()
                 .windows(needle.len())
                 .any(|w| w == needle));
+        }
+    }
+
+    #[test]
+    fn a_token_read_again_is_not_better_than_the_copy_held() {
+        let seal = Seal::derive(b"creds");
+        let sealed = Entry::seal(Some(&token("tok-1")), None, &History::default(), &seal);
+        let read = || {
+            let f = Fields {
+                version: Some("1".into()),
+                id: Some(sealed.id.clone()),
+                seal: Some(sealed.seal.clone()),
+            };
+            Entry::open(f, &seal).unwrap().token.unwrap()
+        };
+        // Each read converts the instants anew, nanoseconds apart: about every other read came
+        // back "longer-lived" than the copy held of the very same token, and was adopted.
+        let held = read();
+        for _ in 0..100 {
+            assert!(!better(&read(), Some(&held), Instant::now()));
         }
     }
 
