@@ -20,7 +20,7 @@ background token refresh is in flight. Targets are interleaved over ROUNDS round
 paired round by round; disturbed runs (steal, foreign CPU time, an unsaturated machine) are
 measured again, a bounded number of times.
 
-Settings come from the environment (see SETTINGS below); QUICK=1 gives a ~3 minute run.
+Settings come from the environment (see SETTINGS below); QUICK=1 gives a 3-4 minute run.
 """
 import json
 import math

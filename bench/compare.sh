@@ -2,7 +2,7 @@
 # nexus-sidecar vs nginx vs HAProxy, from a fresh clone, in one command (see BENCHMARKS.md):
 #
 #   bench/compare.sh              # ~12 min of measuring (3 rounds), after installing and building
-#   QUICK=1 bench/compare.sh      # ~3 min (2 short rounds): checks that everything works
+#   QUICK=1 bench/compare.sh      # 3-4 min (2 short rounds): checks that everything works
 #   SKIP_BUILD=1 bench/compare.sh # reuse the binaries already built
 #
 # 1. installs what is missing from Debian's packages (wrk, nginx-light, haproxy, python3,
