@@ -56,8 +56,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default `[limits] max_connections`: connections from applications, all listeners together.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Default `[limits] header_read_timeout`: from accept (or the previous response) to a
-/// complete request head.
+/// Default `[limits] header_read_timeout`: from accept (or from the first byte of a later
+/// head on a keep-alive connection) to a complete request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `[limits] idle_timeout`: a keep-alive connection with no request in flight.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

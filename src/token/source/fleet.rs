@@ -116,7 +116,7 @@ impl TokenSource {
                 Err(e) => return self.alone(&e),
             };
             match self.consult(fleet, fields) {
-                Verdict::Adopt(_) | Verdict::BackOff => return Through::Settled,
+                Verdict::Adopt(_) | Verdict::BackOff | Verdict::Moot => return Through::Settled,
                 Verdict::Defer(at) => {
                     tokio::time::sleep_until(at).await;
                     continue;
@@ -156,7 +156,9 @@ impl TokenSource {
                 }
                 Ok(Acquired::Theirs(remaining, fields)) => (remaining, fields),
             };
-            if let Verdict::Adopt(_) | Verdict::BackOff = self.consult(fleet, fields) {
+            if let Verdict::Adopt(_) | Verdict::BackOff | Verdict::Moot =
+                self.consult(fleet, fields)
+            {
                 return Through::Settled;
             }
             let now = Instant::now();
@@ -271,7 +273,7 @@ impl TokenSource {
             Verdict::Fetch if entry.refresh_token.is_some() => {
                 self.store.set_refresh_token(entry.refresh_token);
             }
-            Verdict::Fetch | Verdict::Defer(_) => {}
+            Verdict::Fetch | Verdict::Defer(_) | Verdict::Moot => {}
         }
         drop(state);
         let upstream = &*self.store.key.upstream;
@@ -284,7 +286,7 @@ impl TokenSource {
                 upstream,
                 "the fleet is backing off from a failed token request; so does this replica"
             ),
-            Verdict::Fetch | Verdict::Defer(_) => {}
+            Verdict::Fetch | Verdict::Defer(_) | Verdict::Moot => {}
         }
         if let Verdict::Adopt(_) | Verdict::BackOff = verdict {
             self.metrics.shared(SharedEvent::Hit);
