@@ -1,4 +1,4 @@
-//! Guards on application connections (`[limits]`, PRODUCT.md §3.2): how many may be open at
+//! Guards on application connections (`[limits]`; the README's "Limits"): how many may be open at
 //! once, how long a request head may take, and how long a connection may sit idle.
 //!
 //! A connection's watchdog tells the two timeouts apart as nginx does (`client_header_timeout`

@@ -1,4 +1,4 @@
-//! The sidecar's own failures and the JSON answers of PRODUCT.md §3.4.
+//! The sidecar's own failures and their JSON answers (the README's "The sidecar's own errors").
 //!
 //! Every failure on the request path is a [`ProxyError`] variant that keeps its source; the
 //! status, the code and the body follow from an exhaustive `match`, so a new variant cannot

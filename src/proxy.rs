@@ -1,10 +1,9 @@
 //! The request path: route → prepare headers → authorize → send → on 401 re-authorize and
 //! resend once → respond.
 //!
-//! [`handle`] never fails: it logs once and turns a [`ProxyError`] into the JSON of §3.4.
-//! `forward` is the path itself, plain async code using `?`. Token policy lives in
-//! `token`, header rules in `headers`, body buffering in `body`; this module only decides
-//! the order of things.
+//! [`handle`] never fails: it logs once and turns a [`ProxyError`] into its JSON answer. `forward`
+//! is the path itself, plain async code using `?`. Token policy lives in `token`, header rules in
+//! `headers`, body buffering in `body`; this module only decides the order of things.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

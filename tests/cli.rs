@@ -82,7 +82,7 @@ fn the_example_configuration_loads() {
         "no literal secrets: {:?}",
         config.warnings
     );
-    // Every key of PRODUCT.md §2 appears in the example, set or commented.
+    // Every key of the README's configuration reference appears in the example, set or commented.
     for key in [
         "shutdown_grace",
         "[admin]",

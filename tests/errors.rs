@@ -1,6 +1,6 @@
-//! PRODUCT.md §3.2 (not an open proxy) and §3.4 (the sidecar's own errors) end to end, plus
-//! the `none` and `static` flows. Every JSON error is checked for its status, Content-Type,
-//! fields, and for carrying no secret and no token.
+//! Not an open proxy, and the sidecar's own errors (the README's "Forwarding" and "The sidecar's
+//! own errors"), end to end, plus the `none` and `static` flows. Every JSON error is checked for
+//! its status, Content-Type, fields, and for carrying no secret and no token.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,6 +1,7 @@
-//! PRODUCT.md §3.2 end to end: what the upstream receives and what the application gets back.
-//! Headers (Authorization, hop-by-hop, Host, static headers), paths and queries byte for byte,
-//! large bodies both ways, h2c and keep-alive from the application, every method.
+//! Forwarding (the README's "Forwarding") end to end: what the upstream receives and what the
+//! application gets back. Headers (Authorization, hop-by-hop, Host, static headers), paths and
+//! queries byte for byte, large bodies both ways, h2c and keep-alive from the application, every
+//! method.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,6 +1,6 @@
-//! The token lifecycle of PRODUCT.md §3.1 end to end, over loopback TCP: single flight, refresh
-//! ahead, real expiries, the rate limit, and what the application sees when the token endpoint
-//! fails. Every test runs its own stand-in and sidecar.
+//! The token lifecycle (the README's "Tokens") end to end, over loopback TCP: single flight,
+//! refresh ahead, real expiries, the rate limit, and what the application sees when the token
+//! endpoint fails. Every test runs its own stand-in and sidecar.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,7 +39,7 @@ fn last_token(s: &StandIn) -> String {
     s.seen().last().unwrap().token.clone().unwrap()
 }
 
-/// Asserts the sidecar's own §3.4 token error and returns its JSON.
+/// Asserts the sidecar's own token error (`token_unavailable`) and returns its JSON.
 fn token_error(reply: &Reply, status: StatusCode) -> serde_json::Value {
     assert_eq!(reply.status, status, "{}", reply.text());
     assert_eq!(reply.headers["content-type"], "application/json");

@@ -1,9 +1,9 @@
-//! `[limits]` end to end (PRODUCT.md §3.2), over raw loopback sockets: a silent connection is
-//! closed, an idle keep-alive connection is closed at `idle_timeout` and a next head that stops
-//! at `header_read_timeout`, a stalled body ends its request with a 408, connections beyond
-//! `max_connections` wait (in a backlog deeper than 128) and are counted, and replay buffers
-//! stay within `max_buffered`. Each test waits for the event itself (an EOF, an answer); none
-//! measures time.
+//! `[limits]` end to end (the README's "Limits"), over raw loopback sockets: a silent connection is
+//! closed, an idle keep-alive connection is closed at `idle_timeout` and a next head that stops at
+//! `header_read_timeout`, a stalled body ends its request with a 408, connections beyond
+//! `max_connections` wait (in a backlog deeper than 128) and are counted, and replay buffers stay
+//! within `max_buffered`. Each test waits for the event itself (an EOF, an answer); none measures
+//! time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

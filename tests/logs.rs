@@ -1,6 +1,6 @@
-//! PRODUCT.md §3.5, logs: one JSON line per request (upstream, method, path without query,
-//! status, duration, whether replayed, request id), `x-request-id` carried both ways, and the
-//! token events — read back from the log itself.
+//! Logs (the README's "Logs"): one JSON line per request (upstream, method, path without query,
+//! status, duration, whether replayed, request id), `x-request-id` carried both ways, and the token
+//! events — read back from the log itself.
 //!
 //! Its own test binary: a process-wide JSON subscriber (installed once) writes into a buffer
 //! that every test reads. Tests run in parallel, so each names its upstream differently and

@@ -1,5 +1,5 @@
-//! Property tests (issue "Hardening" §5) for the code that reads what others wrote: the
-//! configuration loader, the token-response parser, the JWT `exp` reader and the header rules.
+//! Property tests for the code that reads what others wrote: the configuration loader, the
+//! token-response parser, the JWT `exp` reader and the header rules.
 //!
 //! Each property holds for every input: no panic; output bounded by the input (no unbounded
 //! allocation, the token-response size limit holds); and no secret in an error: a secret

@@ -1,7 +1,7 @@
-//! PRODUCT.md §3.2's protocol edges, against upstreams that misbehave on purpose or need more
-//! than plain HTTP/1.1: a response carrying both `Content-Length` and `Transfer-Encoding`, an
-//! unsolicited `101 Switching Protocols`, trailers, and an h2 (gRPC-style) upstream that
-//! refuses requests without `TE: trailers`.
+//! The protocol edges of forwarding (the README's "Forwarding"), against upstreams that misbehave
+//! on purpose or need more than plain HTTP/1.1: a response carrying both `Content-Length` and
+//! `Transfer-Encoding`, an unsolicited `101 Switching Protocols`, trailers, and an h2 (gRPC-style)
+//! upstream that refuses requests without `TE: trailers`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

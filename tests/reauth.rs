@@ -1,6 +1,6 @@
-//! Re-authentication on 401 (PRODUCT.md §3.3) end to end, over loopback TCP: one token request
-//! for a burst of rejections, one replay with the identical body, the second 401 to the app,
-//! `insufficient_scope`, bodies too large (or too long-winded) to replay, and `retry_on`.
+//! Re-authentication on 401 (the README's "The 401 replay") end to end, over loopback TCP: one
+//! token request for a burst of rejections, one replay with the identical body, the second 401 to
+//! the app, `insufficient_scope`, bodies too large (or too long-winded) to replay, and `retry_on`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

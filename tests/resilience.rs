@@ -1,8 +1,8 @@
-//! The resilience rules of PRODUCT.md §3.1 end to end, over loopback TCP: a failed refresh is
-//! retried before the token retires, a request without a token waits for a backoff that ends
-//! within its `token_wait` (and fails at once otherwise), a 401 on a young token is held and
-//! replayed, `prefetch` obtains tokens before ready and keeps them fresh without traffic, and an
-//! unusable `expires_in` is not taken as an hour.
+//! The resilience rules of the token lifecycle (the README's "When the token endpoint fails") end
+//! to end, over loopback TCP: a failed refresh is retried before the token retires, a request
+//! without a token waits for a backoff that ends within its `token_wait` (and fails at once
+//! otherwise), a 401 on a young token is held and replayed, `prefetch` obtains tokens before ready
+//! and keeps them fresh without traffic, and an unusable `expires_in` is not taken as an hour.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

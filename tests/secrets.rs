@@ -1,7 +1,7 @@
-//! PRODUCT.md §2: secret values never appear in logs or responses. A whole scenario runs
-//! through all five APIs — success, a 401 replay, credential errors, a Nexudus password reset
-//! whose error text carries a reset token, TOTP sign-ins — with every log event at DEBUG
-//! captured, and the capture is searched for each secret and each issued token.
+//! Secret values never appear in logs or responses (the README's "Secrets"). A whole scenario runs
+//! through all five APIs — success, a 401 replay, credential errors, a Nexudus password reset whose
+//! error text carries a reset token, TOTP sign-ins — with every log event at DEBUG captured, and
+//! the capture is searched for each secret and each issued token.
 //!
 //! Its own test binary because the text test installs a process-wide subscriber (once). The
 //! JSON test uses a subscriber scoped to its own thread instead (a current-thread runtime

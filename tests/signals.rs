@@ -1,4 +1,5 @@
-//! PRODUCT.md §3.5, signals: the real binary, driven by `kill` and watched through its log.
+//! Signals and reload (the README's "Signals and reload"): the real binary, driven by `kill` and
+//! watched through its log.
 //!
 //! Each test writes a configuration to a temporary file, starts `nexus-sidecar --config` with
 //! stderr piped, and waits for log lines (a thread forwards them to the test) — the log is the

@@ -1,12 +1,11 @@
-//! A fault soak of the token lifecycle (PRODUCT.md §3.1, §3.3) end to end, in the spirit of the
-//! issue that found 21–25% of requests failing: short-lived tokens, a token endpoint that fails
-//! and stalls on a seeded plan, the protected API revoking every token at seeded moments, and
-//! eight clients sending GETs and POSTs with bodies through one sidecar. Every figure is a count
-//! read from the stand-in's records, joined per application request by `x-request-id`; nothing
-//! here asserts a timing.
+//! A fault soak of the token lifecycle end to end, modelled on a deployment where 21–25% of
+//! requests failed: short-lived tokens, a token endpoint that fails and stalls on a seeded plan,
+//! the protected API revoking every token at seeded moments, and eight clients sending GETs and
+//! POSTs with bodies through one sidecar. Every figure is a count read from the stand-in's records,
+//! joined per application request by `x-request-id`; nothing here asserts a timing.
 //!
 //! `cargo test --test soak -- --nocapture` prints the figures of the 15 s run;
-//! `cargo test --test soak -- --ignored --nocapture` runs the 60 s one of the issue.
+//! `cargo test --test soak -- --ignored --nocapture` runs the 60 s one, that deployment's length.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -58,9 +57,9 @@ const MAX_500_RUN: usize = 2;
 const REVOCATIONS: RangeInclusive<usize> = 6..=9;
 /// Token requests allowed beyond the accounting of [`token_request_bound`]; see there.
 const SLACK: usize = 2;
-/// The `[upstream.auth]` settings of the issue's deployment: clients wait up to 10 s, a 401 on
-/// a token younger than 200 ms waits for the interval, and one token request may take longer
-/// than the 2 s delay.
+/// The `[upstream.auth]` settings of that deployment: clients wait up to 10 s, a 401 on a token
+/// younger than 200 ms waits for the interval, and one token request may take longer than the 2 s
+/// delay.
 const AUTH: &str = "min_refresh_interval = \"200ms\"\n\
                     token_wait = \"10s\"\n\
                     prefetch = true\n\
@@ -71,7 +70,7 @@ async fn fault_soak() {
     soak(Duration::from_secs(15)).await;
 }
 
-/// The issue's own length, for a closer look: `-- --ignored --nocapture`.
+/// That deployment's own length, for a closer look: `-- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "runs 60 s"]
 async fn fault_soak_long() {
@@ -130,8 +129,8 @@ fn body_of(id: &str, len: usize, rng: &mut fastrand::Rng) -> Bytes {
     Bytes::from(body)
 }
 
-/// One client: a request every `pace` until `duration` has passed or it has sent its share,
-/// each waited for before the next (a slow one delays the client, as in the issue).
+/// One client: a request every `pace` until `duration` has passed or it has sent its share, each
+/// waited for before the next (a slow one delays the client, as it did there).
 async fn client(
     c: usize,
     base: String,

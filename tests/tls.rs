@@ -1,5 +1,5 @@
 //! HTTPS upstreams end to end: a test CA made with rcgen, a TLS stand-in, `ca_file` trusted for
-//! both the API and its token endpoint, and HTTP/2 or HTTP/1.1 chosen by ALPN (§3.2).
+//! both the API and its token endpoint, and HTTP/2 or HTTP/1.1 chosen by ALPN.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,4 +1,5 @@
-//! Presets: what the seed pages fix for each known API, filled into an upstream's settings.
+//! Presets: what each known API's public documentation fixes (hosts, token endpoint, grant, client
+//! authentication; see the README's "The five token APIs"), filled into an upstream's settings.
 //!
 //! A preset only fills what the file leaves out; anything written explicitly wins. It knows
 //! hosts and paths, never credentials.
@@ -232,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn presets_fill_the_seed_values() {
+    fn presets_fill_the_documented_values() {
         let d = Preset::NuvyNexus
             .defaults(Some("production"), None)
             .unwrap();

@@ -1,7 +1,7 @@
-//! In-process stand-ins of the five token APIs of `shared/seeds/` and of a protected API behind
-//! them, served over real loopback TCP (HTTP/1.1 and h2c, or TLS) for the `demo` command and the
-//! end-to-end tests. Not a general OAuth2 server: each stand-in reproduces one documented API,
-//! quirks included, and exposes knobs to make it misbehave on purpose.
+//! In-process stand-ins of the five token APIs the README describes ("The five token APIs") and of
+//! a protected API behind them, served over real loopback TCP (HTTP/1.1 and h2c, or TLS) for the
+//! `demo` command and the end-to-end tests. Not a general OAuth2 server: each stand-in reproduces
+//! one documented API, quirks included, and exposes knobs to make it misbehave on purpose.
 //!
 //! Layout: `server` (listener, connections, routing) → `gate` (counting, holding and injected
 //! failures in front of every token endpoint) → one module per API (`nuvy_nexus`, `nuvy_legacy`,

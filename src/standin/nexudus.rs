@@ -1,6 +1,7 @@
-//! Nexudus members portal `POST /api/token` (seeds/nexudus-members-token.txt): password grant
-//! with optional RFC 6238 `totp`, refresh_token grant, form bodies only, lower-case `bearer`.
-//! Counting, holding and injected failures happen before, in `gate`.
+//! Nexudus members portal `POST /api/token`
+//! (<https://learn.nexudus.com/api/endpoints/auth/get-token>): password grant with optional RFC
+//! 6238 `totp`, refresh_token grant, form bodies only, lower-case `bearer`. Counting, holding and
+//! injected failures happen before, in `gate`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,8 +1,8 @@
-//! NexusHub `auth.nexushub.co` (seeds/nexushub-auth.txt): JSON `POST /authenticate` with
-//! `user_key`/`user_secret` and JSON `POST /refresh` with `refresh_token`. Responses carry no
-//! `expires_in`; the JWT `exp` says when a token dies. The refresh token is reused: `/refresh`
-//! answers only an access token (unless the rotation knob is on). Counting, holding and
-//! injected failures happen before, in `gate`.
+//! NexusHub `auth.nexushub.co` (<https://nexushub.co/developers/api/authentication>): JSON `POST
+//! /authenticate` with `user_key`/`user_secret` and JSON `POST /refresh` with `refresh_token`.
+//! Responses carry no `expires_in`; the JWT `exp` says when a token dies. The refresh token is
+//! reused: `/refresh` answers only an access token (unless the rotation knob is on). Counting,
+//! holding and injected failures happen before, in `gate`.
 
 use http::{Response, StatusCode};
 use serde::Deserialize;

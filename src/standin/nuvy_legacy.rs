@@ -1,6 +1,6 @@
-//! Nuvy API (legacy) `POST /oauth2/token` (seeds/nuvy-oauth2-legacy.txt): client_credentials
-//! with HTTP Basic only; credentials in the body are not looked at. Counting, holding and
-//! injected failures happen before, in `gate`.
+//! Nuvy API (legacy) `POST /oauth2/token` (<https://developers.nuvy.ai/oauth>): client_credentials
+//! with HTTP Basic only; credentials in the body are not looked at. Counting, holding and injected
+//! failures happen before, in `gate`.
 
 use http::{Response, StatusCode};
 

@@ -1,6 +1,7 @@
-//! Nuvy Nexus `POST /nexus/oauth2/token` (seeds/nuvy-nexus-oauth2.txt): client_credentials
-//! with App Client credentials by HTTP Basic (preferred) or in the form body (fallback), an
-//! optional `scope`. Counting, holding and injected failures happen before, in `gate`.
+//! Nuvy Nexus `POST /nexus/oauth2/token` (<https://developers.nuvy.ai/nexus-auth>):
+//! client_credentials with App Client credentials by HTTP Basic (preferred) or in the form body
+//! (fallback), an optional `scope`. Counting, holding and injected failures happen before, in
+//! `gate`.
 
 use http::header::WWW_AUTHENTICATE;
 use http::{Response, StatusCode};

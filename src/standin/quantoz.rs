@@ -1,7 +1,8 @@
-//! Quantoz Nexus identity `POST /connect/token` (seeds/quantoz-nexus-identity.txt):
-//! client_credentials with `client_id`, `client_secret` and `scope=api1` in the form body,
-//! behind a rate limiter of 60 requests per rolling minute per client IP. Errors are 400, as
-//! IdentityServer answers them. Counting, holding and injected failures happen before, in `gate`.
+//! Quantoz Nexus identity `POST /connect/token`
+//! (<https://docs.quantoz.com/articles/start-developing/sd_authentication.html>):
+//! client_credentials with `client_id`, `client_secret` and `scope=api1` in the form body, behind a
+//! rate limiter of 60 requests per rolling minute per client IP. Errors are 400, as IdentityServer
+//! answers them. Counting, holding and injected failures happen before, in `gate`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

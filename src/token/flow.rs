@@ -167,7 +167,8 @@ impl Exchange<'_> {
         if let Some(c) = client {
             match c.auth {
                 ClientAuth::Basic => {
-                    // As the seed pages and `curl -u` do: base64(id ":" secret), unencoded.
+                    // As the APIs' documentation and `curl -u` do: base64(id ":" secret), not
+                    // form-encoded first.
                     let pair = format!("{}:{}", c.id.value.expose(), c.secret.value.expose());
                     let mut value =
                         HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))

@@ -1,6 +1,6 @@
-//! One upstream's token lifecycle as a state machine (PRODUCT.md §3.1, §3.3): which phase it
-//! is in, and what a request, a due refresh, a rejected token or a finished token request does
-//! to it.
+//! One upstream's token lifecycle as a state machine (the README's "Tokens" and "The 401 replay"
+//! sections describe its rules): which phase it is in, and what a request, a due refresh, a
+//! rejected token or a finished token request does to it.
 //!
 //! Every decision is a pure function of the [`Lifecycle`], the token the store holds and the
 //! clock: no I/O, no awaiting, no lock. `source` holds one lock around each call and carries out

@@ -1,4 +1,5 @@
-//! One upstream's token: carries out what the [`Lifecycle`] decides (PRODUCT.md §3.1, §3.3).
+//! One upstream's token: carries out what the [`Lifecycle`] decides (the rules of the README's
+//! "Tokens" and "The 401 replay" sections).
 //!
 //! - Hot path ([`TokenSource::token`]): a cache lookup and a clock read; no lock, no await.
 //!   A token inside its refresh window also asks the lifecycle whether to start a refresh.

@@ -1,6 +1,6 @@
-//! Low-level helpers for the forwarding, error and TLS tests: raw HTTP/1.1 over a
-//! `TcpStream`, one-connection clients, a request body fed through a channel, a throwaway
-//! upstream that watches a body arrive, and the checks every §3.4 error body must pass.
+//! Low-level helpers for the forwarding, error and TLS tests: raw HTTP/1.1 over a `TcpStream`,
+//! one-connection clients, a request body fed through a channel, a throwaway upstream that watches
+//! a body arrive, and the checks every error body of the sidecar's own must pass.
 //!
 //! `support` is the shared harness; this module only adds what those tests need on top.
 
@@ -231,9 +231,9 @@ pub async fn watching_upstream(threshold: usize) -> (SocketAddr, Watched) {
     (addr, Watched { progress, request })
 }
 
-/// Checks a §3.4 error body: status, `Content-Type: application/json`, the three fields
-/// (`upstream` = `upstream`), and that it carries no secret and none of `tokens`. Returns the
-/// JSON for further checks.
+/// Checks an error body of the sidecar's own: status, `Content-Type: application/json`, the three
+/// fields (`upstream` = `upstream`), and that it carries no secret and none of `tokens`. Returns
+/// the JSON for further checks.
 pub fn assert_error(
     reply: &Reply,
     status: u16,
