@@ -106,6 +106,10 @@ impl TokenSource {
         // Subscribed before the first read, so no announcement falls between read and wait.
         let mut news = fleet.cache.watch(&fleet.keys.name);
         loop {
+            // Requests waiting here count the token request's time from each step of the
+            // protocol, so a slow or hung Redis (each step bounded by its `timeout`) delays
+            // them but does not fail them before this replica falls back to its own request.
+            self.state().lifecycle.awaiting_fleet(Instant::now());
             let keys = fleet.keys.clone();
             let fields = match fleet
                 .cache
@@ -295,13 +299,17 @@ impl TokenSource {
         verdict
     }
 
-    /// The entry's token, unless this replica saw it rejected.
+    /// The entry's token, unless this replica saw it rejected, or it is no newer than one that
+    /// was: a revocation takes every token issued before it, so an older token in the entry
+    /// (one stored before an outage of Redis, say, while this replica used its own) is taken
+    /// to be revoked too, and replaced rather than replayed with.
     fn usable(&self, fleet: &Fleet, entry: &Entry) -> Option<Arc<Token>> {
         let rejected = fleet.rejected_token();
-        entry
-            .token
-            .clone()
-            .filter(|t| rejected.is_none_or(|r| r.expose() != t.expose()))
+        entry.token.clone().filter(|t| {
+            rejected
+                .as_ref()
+                .is_none_or(|r| r.expose() != t.expose() && t.obtained_at > r.obtained_at)
+        })
     }
 
     async fn release(&self, fleet: &Fleet, owner: &str) {
