@@ -20,6 +20,8 @@ use crate::secret::{LoadedSecret, SecretSource, MASK};
 impl Config {
     /// The effective configuration as TOML: loads again with [`Config::from_toml`] into the same
     /// upstreams, with every literal secret and every static header value replaced by `"***"`.
+    /// The masks are placeholders: a masked `totp_secret` is refused (it is not a seed) until the
+    /// seed is put back.
     pub fn to_toml(&self) -> String {
         Effective(self).to_string()
     }

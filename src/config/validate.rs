@@ -21,7 +21,7 @@ use super::preset::PresetError;
 use super::raw::{Field, FlowKind, RawAuth, RawConfig, RawLimits, RawUpstream};
 use super::*;
 use crate::headers::is_hop_by_hop;
-use crate::secret::{LoadedSecret, SecretSource};
+use crate::secret::{LoadedSecret, SecretSource, MASK};
 
 /// The value of an optional field, if it is written and readable.
 fn value<T>(field: &Option<Field<T>>) -> Option<&T> {
@@ -589,7 +589,13 @@ impl Validator<'_> {
                 let totp_secret = raw.totp_secret.as_ref().and_then(|field| {
                     let secret = f.v.secret(&totp_key, &field.span(), field.get()?)?;
                     if crate::totp::check_secret(&secret.value).is_err() {
-                        let msg = "not a valid base32 RFC 6238 secret".into();
+                        // `check` prints a literal seed as the mask: say so to whoever loads
+                        // that output, rather than call the mask a malformed seed.
+                        let masked = secret.source.is_literal() && secret.value.expose() == MASK;
+                        let msg = match masked {
+                            true => format!("\"{MASK}\" is the mask `check` prints in place of a literal secret, not a seed: put the base32 RFC 6238 secret back"),
+                            false => "not a valid base32 RFC 6238 secret".into(),
+                        };
                         f.v.at(&field.span(), &totp_key, msg);
                         f.ok = false;
                     }
