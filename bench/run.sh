@@ -29,7 +29,7 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 
 # --- processes: every one started here is recorded and stopped on exit -----------------------
 PIDS=()
-RUNDIR=$(mktemp -d /tmp/nexus-bench.XXXXXX)
+RUNDIR=$(mktemp -d -t nexus-bench.XXXXXX)   # under $TMPDIR, /tmp by default
 stop() { # stop PID: TERM, up to 5 s, then KILL
     local pid=$1 i
     kill -TERM "$pid" 2>/dev/null || return 0
