@@ -532,10 +532,6 @@ fn a_wrong_redis_password_fails_no_request_and_shows_only_as_down() {
 }
 
 #[test]
-#[ignore = "bug: a connection refused at AUTH is never made again (the redis crate's \
-            ConnectionManager reconnects only after I/O errors): once Redis accepts the \
-            password, replicas stay down until restarted, and a reload with the same url \
-            keeps the broken connection"]
 fn replicas_find_redis_back_once_it_accepts_their_password() {
     let world = World::new(Redis::start_with_password(PASSWORD));
     // The replicas already have the rotated password; Redis not yet.
@@ -549,6 +545,13 @@ fn replicas_find_redis_back_once_it_accepts_their_password() {
     all_ok(&world.burst(&fleet, 1));
     for replica in &fleet.replicas {
         replica.wait_for_line(|l| l.contains("shared cache unavailable"), PATIENCE);
+        let metrics = world.get_admin(replica, "/metrics").text();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("nexus_sidecar_shared_cache_errors_total{kind=\"auth\"}")),
+            "a refused password is counted as kind=\"auth\":\n{metrics}"
+        );
     }
 
     // Redis takes the new password (on a connection authenticated with the old one).

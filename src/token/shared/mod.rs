@@ -46,7 +46,9 @@ pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The process's connection to the shared cache. Cheap to share (`Arc`).
 pub struct SharedCache {
-    conn: ConnectionManager,
+    client: ::redis::Client,
+    /// Replaced by a fresh one after every failure (see [`SharedCache::failed`]).
+    conn: Mutex<ConnectionManager>,
     prefix: String,
     channel: String,
     timeout: Duration,
@@ -92,6 +94,10 @@ impl SharedState {
 struct Health {
     state: Phase,
     subscribed: bool,
+    /// Redis answers again after an outage that began then (and was last retried after this
+    /// delay); the outage ends, and is logged as ended, once the channel is subscribed again
+    /// on the new connection.
+    recovering: Option<(Instant, Duration)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +142,9 @@ impl From<RedisError> for SharedCacheError {
             "timeout"
         } else if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() {
             "connection"
-        } else if e.kind() == ::redis::ErrorKind::AuthenticationFailed {
+        } else if e.kind() == ::redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        {
             "auth"
         } else {
             "response"
@@ -202,26 +210,18 @@ impl SharedCache {
         info = info.set_redis_settings(settings);
         let client = ::redis::Client::open(info).map_err(|_| SharedCacheError::BadUrl)?;
         let listeners = Arc::new(Listeners::default());
-        let pushes = Arc::clone(&listeners);
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_push_sender(move |push: PushInfo| {
-                pushes.push(push);
-                Ok::<(), ()>(())
-            })
-            .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|_| SharedCacheError::BadUrl)?;
+        let conn =
+            connect(&client, config.timeout, &listeners).map_err(|_| SharedCacheError::BadUrl)?;
         let cache = Arc::new(SharedCache {
-            conn,
+            client,
+            conn: Mutex::new(conn),
             channel: format!("{}:changed", config.key_prefix),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             health: Mutex::new(Health {
                 state: Phase::Connecting,
                 subscribed: false,
+                recovering: None,
             }),
             failed: Arc::new(Notify::new()),
             listeners,
@@ -281,7 +281,12 @@ impl SharedCache {
         if !self.admit(Instant::now()) {
             return Err(SharedCacheError::Resting);
         }
-        let result = match tokio::time::timeout(self.timeout, op(self.conn.clone())).await {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let result = match tokio::time::timeout(self.timeout, op(conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(SharedCacheError::from(e)),
             Err(_) => Err(SharedCacheError::Timeout(self.timeout)),
@@ -313,40 +318,43 @@ impl SharedCache {
 
     fn succeeded(&self) {
         let mut health = self.health();
-        if let Phase::Down { since, .. } = health.state {
-            tracing::info!(
-                down_for_seconds = since.elapsed().as_secs(),
-                "shared cache is back: replicas share tokens again"
-            );
+        if let Phase::Down { since, delay, .. } = health.state {
+            health.recovering = Some((since, delay));
         }
         health.state = Phase::Up;
     }
 
+    /// Counts the failure, logs the first of an outage and rests Redis. The connection is
+    /// replaced: the redis crate reconnects by itself only after an I/O error, so a
+    /// connection whose handshake was refused (a rotated password, not yet in Redis) or that
+    /// timed out would otherwise stay broken for good. The new one subscribes again.
     fn failed(&self, error: &SharedCacheError) {
         self.metrics.error(error.kind());
+        if let Ok(fresh) = connect(&self.client, self.timeout, &self.listeners) {
+            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        }
         let now = Instant::now();
         let mut health = self.health();
-        health.state = match health.state {
-            Phase::Connecting | Phase::Up => {
+        // An outage goes on (Redis may have answered, but the channel was not subscribed
+        // again yet) with a longer delay, or begins.
+        let (since, delay) = match (health.state, health.recovering.take()) {
+            (Phase::Down { since, delay, .. }, _) | (Phase::Up, Some((since, delay))) => {
+                (since, (delay * 2).min(MAX_RETRY))
+            }
+            (Phase::Connecting, _) | (Phase::Up, None) => {
                 tracing::warn!(
                     error = %error,
                     "shared cache unavailable: each replica obtains its own tokens until it returns"
                 );
-                Phase::Down {
-                    since: now,
-                    next_try: now + FIRST_RETRY,
-                    delay: FIRST_RETRY,
-                }
-            }
-            Phase::Down { since, delay, .. } => {
-                let delay = (delay * 2).min(MAX_RETRY);
-                Phase::Down {
-                    since,
-                    next_try: now + delay,
-                    delay,
-                }
+                (now, FIRST_RETRY)
             }
         };
+        health.state = Phase::Down {
+            since,
+            next_try: now + delay,
+            delay,
+        };
+        health.subscribed = false;
         drop(health);
         self.failed.notify_one();
     }
@@ -354,6 +362,26 @@ impl SharedCache {
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A lazy connection: nothing is sent until the first operation. Its pushes (announcements on
+/// the channel) go to `listeners`.
+fn connect(
+    client: &::redis::Client,
+    timeout: Duration,
+    listeners: &Arc<Listeners>,
+) -> Result<ConnectionManager, RedisError> {
+    let pushes = Arc::clone(listeners);
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_push_sender(move |push: PushInfo| {
+            pushes.push(push);
+            Ok::<(), ()>(())
+        })
+        .set_automatic_resubscription();
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 impl Drop for SharedCache {
@@ -389,7 +417,14 @@ async fn maintain(cache: Weak<SharedCache>, failed: Arc<Notify>) {
                 .run(|mut conn| async move { conn.subscribe(channel).await })
                 .await;
             // Subscribed once, the connection manager subscribes again after reconnecting.
-            this.health().subscribed = result.is_ok();
+            let mut health = this.health();
+            health.subscribed = result.is_ok();
+            if let (true, Some((since, _))) = (health.subscribed, health.recovering.take()) {
+                tracing::info!(
+                    down_for_seconds = since.elapsed().as_secs(),
+                    "shared cache is back: replicas share tokens again"
+                );
+            }
             continue;
         }
         drop(this);
