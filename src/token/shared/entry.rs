@@ -9,7 +9,12 @@
 //!
 //! Instants travel as Unix milliseconds: replicas share the wall clock, not a monotonic one.
 //! A skew between their clocks shifts when they think a token is due, never whether a token
-//! is the one the endpoint issued.
+//! is the one the endpoint issued. Nothing read is allowed to have happened in the reader's
+//! future: a writer whose clock runs ahead would otherwise make the fleet hold a token past
+//! its expiry, or wait out a rate limit or backoff for as long as its clock is ahead. What
+//! was written ahead is moved back to now, keeping the spans the writer meant (a token's
+//! lifetime, a backoff's delay). A writer whose clock runs behind makes tokens look older
+//! than they are: they are refreshed early, the safe way to be wrong.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,7 +76,9 @@ impl Entry {
         entry.refresh_token = wire.refresh_token.map(Secret::new);
         entry.history = History {
             failures: wire.failures,
-            last_sent: wire.last_sent.map(|ms| clock.instant(ms)),
+            last_sent: wire
+                .last_sent
+                .map(|ms| clock.instant(ms).min(clock.instant)),
             backoff: wire.backoff.map(|b| b.into_backoff(&clock)),
         };
         Ok(entry)
@@ -141,11 +148,12 @@ struct WireBackoff {
 
 impl WireToken {
     fn into_token(self, clock: &Clock) -> Option<Arc<Token>> {
+        let ahead = clock.ahead(self.obtained_at);
         Some(Arc::new(Token {
             header: bearer(&self.access_token)?,
-            obtained_at: clock.instant(self.obtained_at),
-            expires_at: clock.instant(self.expires_at),
-            refresh_at: clock.instant(self.refresh_at),
+            obtained_at: clock.instant(self.obtained_at) - ahead,
+            expires_at: clock.instant(self.expires_at) - ahead,
+            refresh_at: clock.instant(self.refresh_at) - ahead,
         }))
     }
 }
@@ -160,9 +168,10 @@ impl WireBackoff {
                 .unwrap_or(0);
             message.truncate(cut);
         }
+        let ahead = clock.ahead(self.since);
         Backoff {
-            since: clock.instant(self.since),
-            retry_at: clock.instant(self.retry_at),
+            since: clock.instant(self.since) - ahead,
+            retry_at: clock.instant(self.retry_at) - ahead,
             error: TokenError::Replica {
                 message: message.into(),
                 transient: self.transient,
@@ -195,6 +204,12 @@ impl Clock {
             self.unix.saturating_sub(self.instant - at)
         };
         u64::try_from(ms.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How far `unix_ms` lies in the future of this clock: how far ahead its writer's clock
+    /// ran, at least.
+    fn ahead(&self, unix_ms: u64) -> Duration {
+        self.instant(unix_ms) - self.instant
     }
 
     /// An instant before this process's monotonic clock began reads as now: only token ages
@@ -327,6 +342,59 @@ mod tests {
         for _ in 0..100 {
             assert!(!better(&read(), Some(&held), Instant::now()));
         }
+    }
+
+    #[test]
+    fn what_a_replica_with_a_fast_clock_wrote_is_moved_back_to_now() {
+        const AHEAD: Duration = Duration::from_secs(600);
+        let seal = Seal::derive(b"creds");
+        let now = Instant::now();
+        // A writer whose clock runs ten minutes ahead: every instant it wrote is ten minutes
+        // later than it meant.
+        let written = Token {
+            header: bearer("tok-1").unwrap(),
+            obtained_at: now + AHEAD,
+            expires_at: now + AHEAD + Duration::from_secs(300),
+            refresh_at: now + AHEAD + Duration::from_secs(240),
+        };
+        let history = History {
+            failures: 1,
+            last_sent: Some(now + AHEAD),
+            backoff: Some(Backoff {
+                since: now + AHEAD,
+                retry_at: now + AHEAD + Duration::from_secs(4),
+                error: TokenError::Unavailable {
+                    status: 503,
+                    code: None,
+                    retry_after: None,
+                },
+            }),
+        };
+        let sealed = Entry::seal(Some(&written), None, &history, &seal);
+        let id = sealed.id.clone();
+        let entry = Entry::open(fields(sealed, Some(id)), &seal).unwrap();
+        let read_at = Instant::now();
+        let near = |a: Instant, b: Instant| a.max(b) - a.min(b) <= Duration::from_millis(50);
+
+        let token = entry.token.unwrap();
+        assert!(token.obtained_at <= read_at, "not obtained in the future");
+        assert!(near(token.obtained_at, now));
+        assert!(
+            near(token.expires_at, now + Duration::from_secs(300)),
+            "its lifetime kept"
+        );
+        assert!(near(token.refresh_at, now + Duration::from_secs(240)));
+        let last_sent = entry.history.last_sent.unwrap();
+        assert!(
+            last_sent <= read_at && near(last_sent, now),
+            "not sent in the future"
+        );
+        let backoff = entry.history.backoff.unwrap();
+        assert!(near(backoff.since, now));
+        assert!(
+            near(backoff.retry_at, now + Duration::from_secs(4)),
+            "its delay kept"
+        );
     }
 
     #[test]
