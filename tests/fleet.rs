@@ -11,6 +11,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use nexus_sidecar::standin::{Api, Failure, StandIn};
 use support::fleet::{Fleet, Replica};
@@ -58,9 +59,14 @@ impl World {
     /// A replica's configuration: an admin port, the shared cache, and the stand-in as
     /// upstream "api" with `auth` lines added.
     fn config(&self, auth: &str) -> String {
+        self.config_timed("5s", auth)
+    }
+
+    /// The same, with the shared cache's `timeout`.
+    fn config_timed(&self, timeout: &str, auth: &str) -> String {
         let trust = format!("ca_file = \"{}\"", self.dir.join("ca.pem").display());
         format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{}\"\ntimeout = \"5s\"\n\n{}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{}\"\ntimeout = \"{timeout}\"\n\n{}",
             self.redis.url(),
             upstream_toml("api", &self.standin, &trust, auth)
         )
@@ -266,10 +272,14 @@ fn redis_down_costs_no_request_and_the_fleet_shares_again_when_it_returns() {
 #[test]
 fn when_the_lock_holder_dies_another_replica_takes_over_after_the_lock_expires() {
     let world = World::new();
-    // The lock lives as long as a token request can: 2 × timeout + 1 s = 3 s here.
-    let auth = "prefetch = false\ntimeout = \"1s\"";
-    let mut holder = Replica::start(&write(&world, "holder.toml", &world.config(auth)));
-    let waiter = Replica::start(&write(&world, "waiter.toml", &world.config(auth)));
+    // The lock lives as long as a token request can (2 × timeout + 1 s = 3 s here) and as
+    // long again as two Redis operations (2 × 1 s): 5 s.
+    let config = world.config_timed(
+        "1s",
+        "prefetch = false\ntimeout = \"1s\"\ntoken_wait = \"60s\"",
+    );
+    let mut holder = Replica::start(&write(&world, "holder.toml", &config));
+    let waiter = Replica::start(&write(&world, "waiter.toml", &config));
 
     // The holder takes the lock and sends its token request, which the endpoint holds; then
     // it dies with the lock held.
@@ -290,6 +300,67 @@ fn when_the_lock_holder_dies_another_replica_takes_over_after_the_lock_expires()
     // It waited for the lock's expiry, not by asking Redis over and over.
     let evals = world.redis_calls("evalsha") + world.redis_calls("eval") - evals_before;
     assert!(evals <= 6, "{evals} scripts run while waiting for the lock");
+}
+
+#[test]
+fn when_the_lock_holder_dies_the_waiters_wait_for_the_one_that_takes_over_not_each_alone() {
+    let world = World::new();
+    // The fleet lock lives 2 × 4 s + 1 s + 2 × 1 s = 11 s here.
+    let config = world.config_timed(
+        "1s",
+        "prefetch = false\ntimeout = \"4s\"\ntoken_wait = \"60s\"",
+    );
+    // Shorter than the token request's timeout: the takeover's request is still held (not
+    // failed, which would put the fleet in backoff) all through it.
+    let window = Duration::from_secs(3);
+    let mut holder = Replica::start(&write(&world, "holder.toml", &config));
+    let waiters: Vec<Replica> = (0..3)
+        .map(|i| Replica::start(&write(&world, &format!("waiter{i}.toml"), &config)))
+        .collect();
+
+    // The holder takes the lock, its token request is held, and the waiters queue behind it.
+    world.standin.hold_token_requests(true);
+    let http = world.http.clone();
+    let url = holder.app_url("/v1/x");
+    let doomed = world.runtime.spawn(async move { http.try_get(&url).await });
+    world.runtime.block_on(world.standin.wait_held(1));
+    let waiting: Vec<_> = waiters
+        .iter()
+        .map(|w| {
+            let (http, url) = (world.http.clone(), w.app_url("/v1/y"));
+            world.runtime.spawn(async move { http.get(&url).await })
+        })
+        .collect();
+    holder.kill();
+    let _ = world.runtime.block_on(doomed);
+
+    // Once the dead holder's lock expires, one waiter takes it over and sends a token request
+    // (held too). The others wait for it: none goes alone because its own wait began earlier.
+    world.runtime.block_on(world.standin.wait_token_requests(2));
+    let third = world.runtime.block_on(async {
+        tokio::time::timeout(window, world.standin.wait_token_requests(3)).await
+    });
+    assert!(
+        third.is_err(),
+        "a waiter sent its own token request while another replica held the lock"
+    );
+    world.standin.hold_token_requests(false);
+    for reply in world.runtime.block_on(futures_join(waiting)) {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(
+        world.standin.token_requests(),
+        2,
+        "the dead holder's, and one more"
+    );
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Reply>>) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
 }
 
 #[test]

@@ -88,7 +88,9 @@ pub enum Phase {
     /// No token request pending and none failing: the held token serves, or none was needed.
     Idle,
     /// The one token request is sent at `at` (the rate limit may defer it) or is in flight.
-    Fetching { at: Instant },
+    /// With a shared cache, another replica may hold the fleet lock until `lock`: its token
+    /// request ends by then, or ours is sent when the lock expires.
+    Fetching { at: Instant, lock: Option<Instant> },
     /// The last token request failed transiently at `since`; the next goes no sooner than
     /// `retry_at`.
     BackingOff {
@@ -207,11 +209,11 @@ impl Lifecycle {
             }
             Phase::Idle => Step::Start(self.start(now, trigger)),
             // Deferred by the rate limit past this request's `token_wait`: no use waiting.
-            Phase::Fetching { at } if *at > deadline.max(now) => Step::Fail(self.not_in_time()),
+            Phase::Fetching { at, .. } if *at > deadline.max(now) => Step::Fail(self.not_in_time()),
             // Sent (or about to be): awaited to its own end even past `token_wait`, since its
             // waiters are bounded by its `timeout` and its answer is the best one to give.
-            Phase::Fetching { at } => {
-                let ends_by = self.ends_by(*at);
+            Phase::Fetching { at, lock } => {
+                let ends_by = self.ends_by((*at).max(lock.unwrap_or(*at)));
                 match now < ends_by {
                     true => Step::Wait(ends_by),
                     false => Step::Fail(self.not_in_time()),
@@ -285,9 +287,9 @@ impl Lifecycle {
     /// What the keeper (`prefetch`) does: start a token request when one is needed now, or
     /// sleep until the next instant something may be due (or the lifecycle changes).
     pub fn keep(&mut self, held: Option<&Arc<Token>>, now: Instant) -> Result<Fetch, Instant> {
-        if let Phase::Fetching { at, .. } = &self.phase {
+        if let Phase::Fetching { at, lock } = &self.phase {
             // Its end changes the phase, which wakes the keeper; the instant is only a backstop.
-            let ends_by = self.ends_by(*at);
+            let ends_by = self.ends_by((*at).max(lock.unwrap_or(*at)));
             return Err(ends_by.max(now + RETRY_FLOOR));
         }
         if let Some(token) = held.filter(|t| t.is_live(now)) {
@@ -317,7 +319,7 @@ impl Lifecycle {
     /// The token request started by a [`Fetch`] is being sent now.
     pub fn sent(&mut self, now: Instant) {
         self.last_sent = Some(now);
-        if let Phase::Fetching { at } = &mut self.phase {
+        if let Phase::Fetching { at, .. } = &mut self.phase {
             *at = now;
         }
     }
@@ -385,7 +387,10 @@ impl Lifecycle {
             at: self.earliest_send(now),
             trigger,
         };
-        self.phase = Phase::Fetching { at: fetch.at };
+        self.phase = Phase::Fetching {
+            at: fetch.at,
+            lock: None,
+        };
         fetch
     }
 
@@ -394,8 +399,8 @@ impl Lifecycle {
         at + self.request_bound()
     }
 
-    /// The longest one token request takes, whatever it meets: also the life of the fleet
-    /// lock its sender holds (`[shared_cache]`).
+    /// The longest one token request takes, whatever it meets: the fleet lock its sender
+    /// holds (`[shared_cache]`) lives this long and the Redis operations around it.
     pub fn request_bound(&self) -> Duration {
         self.rules.timeout * EXCHANGES_PER_REQUEST + IN_FLIGHT_GRACE
     }
@@ -417,7 +422,7 @@ impl Lifecycle {
 
 mod fleet;
 
-pub use fleet::{better, Backoff, History, Verdict};
+pub use fleet::{better, Backoff, History, LockWait, Verdict};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]

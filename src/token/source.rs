@@ -416,9 +416,10 @@ impl TokenSource {
         .and_then(|grant| self.make_token(grant, started));
         self.metrics
             .token_fetch(outcome(&result), started.elapsed());
+        let obtained = result.is_ok();
         self.record(fetch.trigger, started, refresh.is_some(), result);
         if let Some((fleet, claim)) = claim {
-            self.publish(fleet, claim).await;
+            self.publish(fleet, claim, obtained).await;
         }
         true
     }

@@ -8,6 +8,7 @@
 //! lifecycle: pure, no I/O; the caller reads and writes Redis.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -48,6 +49,39 @@ pub enum Verdict {
     /// The token request is moot: the held token is live and not due (another replica's
     /// token was picked up meanwhile). The phase is `Idle`.
     Moot,
+}
+
+/// A waiter looks again this long after the holder's lock should have expired: Redis expires
+/// it by its own clock, a little after the remaining life it reported.
+const LOCK_GRACE: Duration = Duration::from_millis(250);
+/// Nor sooner than this after it last looked, whatever the lock's remaining life.
+const MIN_LOOK: Duration = Duration::from_millis(10);
+
+/// A replica waiting for another's token request: each holder of the fleet lock is given the
+/// lock's whole remaining life, counted from when this replica first saw it hold the lock.
+/// A holder that dies costs the fleet its lock's life; the replica that takes over is given
+/// its own, so the waiters do not all give up together and each send a token request.
+#[derive(Debug, Default)]
+pub struct LockWait {
+    /// The holder last seen, and until when it is waited for.
+    holder: Option<(String, Instant)>,
+}
+
+impl LockWait {
+    /// The lock is held by `owner` for `remaining` more: when to look again (the holder's
+    /// announcement may wake the waiter sooner), or `None` when this holder has had all its
+    /// lock's life and still holds it: something is wrong, and the replica goes alone.
+    pub fn held(&mut self, owner: &str, remaining: Duration, now: Instant) -> Option<Instant> {
+        let give_up = match &self.holder {
+            Some((seen, give_up)) if seen == owner => *give_up,
+            _ => {
+                let give_up = now + remaining + LOCK_GRACE;
+                self.holder = Some((owner.to_owned(), give_up));
+                give_up
+            }
+        };
+        (now < give_up).then(|| (now + remaining.max(MIN_LOOK)).min(give_up))
+    }
 }
 
 impl Lifecycle {
@@ -94,7 +128,7 @@ impl Lifecycle {
         }
         let at = self.earliest_send(now);
         if at > now {
-            if let Phase::Fetching { at: pending } = &mut self.phase {
+            if let Phase::Fetching { at: pending, .. } = &mut self.phase {
                 *pending = at;
             }
             return Verdict::Defer(at);
@@ -102,12 +136,15 @@ impl Lifecycle {
         Verdict::Fetch
     }
 
-    /// This replica waits for another's token request (it holds the fleet lock): requests
-    /// waiting here count that request's time from now, as if it were our own just sent. The
-    /// rate limit is untouched: nothing was sent from here.
-    pub fn awaiting_fleet(&mut self, now: Instant) {
-        if let Phase::Fetching { at } = &mut self.phase {
+    /// This replica waits for a step of the fleet's protocol (bounded by Redis's timeout), or,
+    /// with `lock`, for another replica's token request, whose fleet lock expires then.
+    /// Requests waiting here count a token request's time from now, as if our own were just
+    /// sent, or from the lock's expiry, when ours would be. The rate limit is untouched:
+    /// nothing was sent from here.
+    pub fn awaiting_fleet(&mut self, now: Instant, lock: Option<Instant>) {
+        if let Phase::Fetching { at, lock: held } = &mut self.phase {
             *at = (*at).max(now);
+            *held = lock;
         }
     }
 
@@ -194,6 +231,38 @@ mod tests {
             code: None,
             retry_after: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_looks_again_when_the_lock_expires_and_gives_up_only_on_a_holder_past_it() {
+        let now = Instant::now();
+        let mut wait = LockWait::default();
+        assert_eq!(wait.held("a", S(3), now), Some(now + S(3)));
+        // Woken early by an unrelated announcement: the same holder, less remaining.
+        tokio::time::advance(S(1)).await;
+        let now = Instant::now();
+        assert_eq!(wait.held("a", S(2), now), Some(now + S(2)));
+        // A lock past its reported life, still held by the same owner: give up.
+        tokio::time::advance(S(2) + LOCK_GRACE).await;
+        assert_eq!(wait.held("a", S(2), Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_holder_of_the_lock_is_given_its_whole_life() {
+        let start = Instant::now();
+        let mut wait = LockWait::default();
+        assert!(wait.held("dead", S(3), start).is_some());
+        // The dead holder's lock expired; another waiter took it over just now. Waiting for
+        // it counts from now, not from when this replica began to wait: otherwise every
+        // waiter would give up together and send a token request of its own.
+        tokio::time::advance(S(3)).await;
+        let now = Instant::now();
+        assert_eq!(wait.held("next", S(3), now), Some(now + S(3)));
+        tokio::time::advance(S(2)).await;
+        let now = Instant::now();
+        assert_eq!(wait.held("next", S(1), now), Some(now + S(1)));
+        // A lock about to expire is looked at again soon, not in a tight loop.
+        assert_eq!(wait.held("next", Duration::ZERO, now), Some(now + MIN_LOOK));
     }
 
     #[tokio::test(start_paused = true)]
@@ -323,7 +392,7 @@ mod tests {
         };
         let verdict = lifecycle.consult(None, &history, None, now);
         assert!(matches!(verdict, Verdict::Defer(at) if at == now + S(1)));
-        assert!(matches!(lifecycle.phase(), Phase::Fetching { at } if *at == now + S(1)));
+        assert!(matches!(lifecycle.phase(), Phase::Fetching { at, .. } if *at == now + S(1)));
         tokio::time::advance(S(1)).await;
         let verdict = lifecycle.consult(None, &history, None, Instant::now());
         assert!(matches!(verdict, Verdict::Fetch));
@@ -342,13 +411,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn requests_wait_past_a_holders_lock_for_the_token_request_sent_when_it_expires() {
+        let start = Instant::now();
+        let mut lifecycle = fetching(start);
+        let bound = lifecycle.request_bound();
+        // Another replica holds the fleet lock for longer than a token request takes (it
+        // lives as long again as the Redis steps around one).
+        let expires = start + bound + S(2);
+        lifecycle.awaiting_fleet(start, Some(expires));
+        tokio::time::advance(bound + S(1)).await;
+        let now = Instant::now();
+        // Past the bound counted from now: waiting on, for our own request sent at expiry.
+        assert!(matches!(
+            lifecycle.demand(None, Trigger::Demand, start, now),
+            Step::Wait(until) if until == expires + bound
+        ));
+        // A later step of the protocol without a lock held counts from that step alone.
+        lifecycle.awaiting_fleet(now, None);
+        assert!(matches!(
+            lifecycle.demand(None, Trigger::Demand, start, now),
+            Step::Wait(until) if until == now + bound
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn waiting_for_another_replica_extends_the_wait_but_not_the_rate_limit() {
         let start = Instant::now();
         let mut lifecycle = fetching(start);
         // Just before a request would give up on the in-flight request...
         tokio::time::advance(lifecycle.request_bound() - S(1)).await;
         let now = Instant::now();
-        lifecycle.awaiting_fleet(now);
+        lifecycle.awaiting_fleet(now, None);
         tokio::time::advance(S(2)).await;
         // ...it waits on, counting from when the wait for the fleet began.
         let later = Instant::now();

@@ -236,6 +236,11 @@ impl SharedCache {
         Keys::new(&self.prefix, seal.name())
     }
 
+    /// How long one operation may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The channel writes are announced on.
     pub(crate) fn channel(&self) -> &str {
         &self.channel

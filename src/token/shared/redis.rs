@@ -13,8 +13,9 @@ use redis::{RedisResult, Script};
 use super::entry::{Fields, Sealed};
 
 /// Take the fleet lock unless someone holds it, after dropping the token a replica saw
-/// rejected if the entry still holds that very token. Returns whether the lock was taken, its
-/// remaining life if not, and the entry as it is now.
+/// rejected if the entry still holds that very token. Returns whether the lock was taken, if
+/// not its holder and remaining life, and the entry as it is now. A lock without an expiry
+/// (not written by a sidecar) is given ours, so nothing can hold the fleet forever.
 ///
 /// KEYS: entry, lock. ARGV: owner, lock ttl (ms), rejected token id (or empty).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -24,10 +25,17 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
             redis.call('HSET', KEYS[1], 'id', '')
         end
         local taken = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-        local ttl = 0
-        if not taken then ttl = redis.call('PTTL', KEYS[2]) end
+        local holder, ttl = '', 0
+        if not taken then
+            holder = redis.call('GET', KEYS[2])
+            ttl = redis.call('PTTL', KEYS[2])
+            if ttl < 0 then
+                redis.call('PEXPIRE', KEYS[2], ARGV[2])
+                ttl = tonumber(ARGV[2])
+            end
+        end
         local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'seal')
-        return {taken and 1 or 0, ttl, f[1], f[2], f[3]}
+        return {taken and 1 or 0, holder, ttl, f[1], f[2], f[3]}
         ",
     )
 });
@@ -88,13 +96,21 @@ impl Keys {
     }
 }
 
+/// The fleet lock, as a replica that did not get it found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The holder's owner value: tells one holder's lock from the next one's.
+    pub owner: String,
+    pub remaining: Duration,
+}
+
 /// What [`acquire`] found.
 #[derive(Debug)]
 pub(crate) enum Acquired {
     /// The lock is ours, and this is the entry as it stood when we took it.
     Ours(Fields),
     /// Someone holds it for this much longer; the entry as it stands.
-    Theirs(Duration, Fields),
+    Theirs(Held, Fields),
 }
 
 pub(crate) async fn read(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<Fields> {
@@ -114,8 +130,15 @@ pub(crate) async fn acquire(
     ttl: Duration,
     rejected: Option<&str>,
 ) -> RedisResult<Acquired> {
-    type Reply = (i64, i64, Option<String>, Option<String>, Option<Vec<u8>>);
-    let (taken, remaining, version, id, seal): Reply = ACQUIRE
+    type Reply = (
+        i64,
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<u8>>,
+    );
+    let (taken, owner_now, remaining, version, id, seal): Reply = ACQUIRE
         .key(&keys.entry)
         .key(&keys.lock)
         .arg(owner)
@@ -126,10 +149,11 @@ pub(crate) async fn acquire(
     let fields = Fields { version, id, seal };
     Ok(match taken {
         1 => Acquired::Ours(fields),
-        // PTTL is -1 for a lock without expiry (never written by us) and -2 if it vanished
-        // meanwhile: either way, try again soon rather than wait.
         _ => Acquired::Theirs(
-            Duration::from_millis(u64::try_from(remaining).unwrap_or(0)),
+            Held {
+                owner: owner_now,
+                remaining: Duration::from_millis(u64::try_from(remaining).unwrap_or(0)),
+            },
             fields,
         ),
     })

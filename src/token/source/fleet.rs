@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{NextRefresh, TokenSource};
 use crate::metrics::SharedEvent;
-use crate::token::lifecycle::{better, Verdict};
+use crate::token::lifecycle::{better, LockWait, Verdict};
 use crate::token::shared::{
     self, Acquired, Entry, Fields, Keys, Seal, SharedCache, SharedCacheError, ENTRY_TTL,
 };
@@ -58,6 +58,10 @@ pub(super) struct Claim {
     owner: String,
     /// The entry's version when the lock was taken: the publish compares against it.
     version: Option<String>,
+    /// The entry's token when the lock was taken: a failed token request stores it back
+    /// as it was, never the token this replica happens to hold (which may be one another
+    /// replica saw rejected and dropped).
+    token: Option<Arc<Token>>,
 }
 
 impl Fleet {
@@ -99,17 +103,20 @@ impl Fleet {
 
 impl TokenSource {
     /// Consults the fleet before a token request: adopts what it has, or takes the lock.
-    /// Gives up waiting for another replica's token request after `bound` (its lock's life).
+    /// `bound` is the longest a token request takes: the lock lives that long, and as long
+    /// again as the two Redis operations around the request (taking the lock, publishing),
+    /// so that it cannot expire under a holder that is still at work.
     pub(super) async fn through_fleet(&self, fleet: &Fleet, bound: Duration) -> Through {
         let metrics = &self.metrics;
-        let give_up = Instant::now() + bound;
+        let life = bound + fleet.cache.timeout() * 2;
+        let mut waiting = LockWait::default();
         // Subscribed before the first read, so no announcement falls between read and wait.
         let mut news = fleet.cache.watch(&fleet.keys.name);
         loop {
             // Requests waiting here count the token request's time from each step of the
             // protocol, so a slow or hung Redis (each step bounded by its `timeout`) delays
             // them but does not fail them before this replica falls back to its own request.
-            self.state().lifecycle.awaiting_fleet(Instant::now());
+            self.state().lifecycle.awaiting_fleet(Instant::now(), None);
             let keys = fleet.keys.clone();
             let fields = match fleet
                 .cache
@@ -119,7 +126,7 @@ impl TokenSource {
                 Ok(fields) => fields,
                 Err(e) => return self.alone(&e),
             };
-            match self.consult(fleet, fields) {
+            match self.consult(fleet, &fleet.open(fields)) {
                 Verdict::Adopt(_) | Verdict::BackOff | Verdict::Moot => return Through::Settled,
                 Verdict::Defer(at) => {
                     tokio::time::sleep_until(at).await;
@@ -135,17 +142,23 @@ impl TokenSource {
             let acquired = fleet
                 .cache
                 .run(|mut conn| async move {
-                    shared::acquire(&mut conn, &keys, &lock_owner, bound, rejected.as_deref()).await
+                    shared::acquire(&mut conn, &keys, &lock_owner, life, rejected.as_deref()).await
                 })
                 .await;
-            let (remaining, fields) = match acquired {
+            let (held, fields) = match acquired {
                 Err(e) => return self.alone(&e),
                 Ok(Acquired::Ours(fields)) => {
                     let version = fields.version.clone();
-                    match self.consult(fleet, fields) {
+                    let entry = fleet.open(fields);
+                    match self.consult(fleet, &entry) {
                         Verdict::Fetch => {
                             metrics.shared(SharedEvent::Miss);
-                            return Through::Claimed(Claim { owner, version });
+                            let token = entry.token;
+                            return Through::Claimed(Claim {
+                                owner,
+                                version,
+                                token,
+                            });
                         }
                         // Someone finished just before we took the lock.
                         verdict => {
@@ -158,22 +171,24 @@ impl TokenSource {
                         }
                     }
                 }
-                Ok(Acquired::Theirs(remaining, fields)) => (remaining, fields),
+                Ok(Acquired::Theirs(held, fields)) => (held, fields),
             };
             if let Verdict::Adopt(_) | Verdict::BackOff | Verdict::Moot =
-                self.consult(fleet, fields)
+                self.consult(fleet, &fleet.open(fields))
             {
                 return Through::Settled;
             }
             let now = Instant::now();
-            if now >= give_up {
-                metrics.shared(SharedEvent::LockTimeout);
-                return self.alone(&SharedCacheError::Timeout(bound));
-            }
-            metrics.shared(SharedEvent::LockWait);
-            self.state().lifecycle.awaiting_fleet(now);
             // Their announcement, or their lock's expiry (a holder that died), whichever first.
-            let wake = (now + remaining.max(Duration::from_millis(10))).min(give_up);
+            let Some(wake) = waiting.held(&held.owner, held.remaining, now) else {
+                metrics.shared(SharedEvent::LockTimeout);
+                return self.alone(&SharedCacheError::Timeout(life));
+            };
+            metrics.shared(SharedEvent::LockWait);
+            // By the lock's expiry the holder has published, or this replica sends a token
+            // request of its own: requests wait for that one's end at most.
+            let expires = now + held.remaining;
+            self.state().lifecycle.awaiting_fleet(now, Some(expires));
             tokio::select! {
                 changed = news.changed() => if changed.is_err() { return Through::Alone },
                 () = tokio::time::sleep_until(wake) => {}
@@ -181,15 +196,18 @@ impl TokenSource {
         }
     }
 
-    /// Stores this replica's outcome for the fleet (its token, refresh token and history),
-    /// releases the lock and announces the write.
-    pub(super) async fn publish(&self, fleet: &Fleet, claim: Claim) {
+    /// Stores this replica's outcome for the fleet (the token it `obtained`, or the entry's
+    /// as it was; its refresh token and history), releases the lock and announces the write.
+    pub(super) async fn publish(&self, fleet: &Fleet, claim: Claim, obtained: bool) {
         let sealed = {
             let state = self.state();
-            let held = self.store.get();
+            let token = match obtained {
+                true => self.store.get(),
+                false => claim.token.clone(),
+            };
             let refresh = self.store.refresh_token();
             Entry::seal(
-                held.as_deref(),
+                token.as_deref(),
                 refresh.as_ref(),
                 &state.lifecycle.history(),
                 &fleet.seal,
@@ -252,9 +270,8 @@ impl TokenSource {
     }
 
     /// Reads the fleet's entry into the lifecycle's decision, and carries out an adoption.
-    fn consult(&self, fleet: &Fleet, fields: Fields) -> Verdict {
-        let entry = fleet.open(fields);
-        let shared = self.usable(fleet, &entry);
+    fn consult(&self, fleet: &Fleet, entry: &Entry) -> Verdict {
+        let shared = self.usable(fleet, entry);
         let mut state = self.state();
         let held = self.store.get();
         let now = Instant::now();
@@ -265,17 +282,17 @@ impl TokenSource {
         match &verdict {
             Verdict::Adopt(token) => {
                 self.store
-                    .put(Arc::clone(token), next_refresh(entry.refresh_token));
+                    .put(Arc::clone(token), next_refresh(entry.refresh_token.clone()));
                 state.last = Some((SystemTime::now(), None));
             }
             Verdict::BackOff => {
-                let error = entry.history.backoff.map(|b| b.error);
+                let error = entry.history.backoff.as_ref().map(|b| b.error.clone());
                 state.last = Some((SystemTime::now(), error));
             }
             // About to send for the fleet: with the fleet's refresh token, which may have
             // rotated since this replica last held one.
             Verdict::Fetch if entry.refresh_token.is_some() => {
-                self.store.set_refresh_token(entry.refresh_token);
+                self.store.set_refresh_token(entry.refresh_token.clone());
             }
             Verdict::Fetch | Verdict::Defer(_) | Verdict::Moot => {}
         }
