@@ -398,9 +398,6 @@ fn one_replica_refreshes_ahead_while_the_rest_serve_and_then_take_its_token() {
 }
 
 #[test]
-#[ignore = "bug: while Redis is down, the replicas whose refresh is due refresh alone, each with \
-            the fleet's last refresh token; with rotating refresh tokens all but the first \
-            present a superseded one (invalid_grant, then a sign-in each)"]
 fn while_redis_is_down_no_replica_replays_a_superseded_refresh_token() {
     let mut world = World::new(Api::Nexudus);
     world.standin.rotate_refresh_tokens(true);

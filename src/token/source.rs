@@ -64,7 +64,17 @@ struct Policy {
 struct Store {
     cache: TokenCache,
     key: TokenKey,
-    refresh_token: Mutex<Option<Secret>>,
+    refresh_token: Mutex<RefreshToken>,
+}
+
+/// The refresh token, and whether other replicas may hold it too: it came from the shared
+/// cache or went to it. A replica that sends a token request alone (Redis failed) never
+/// presents such a one: with rotating refresh tokens, every replica would present the same
+/// one, and all but the first a superseded one. It signs in instead.
+#[derive(Clone, Default)]
+struct RefreshToken {
+    secret: Option<Secret>,
+    shared: bool,
 }
 
 /// Everything behind the state lock: the lifecycle and what `/status` reports of it.
@@ -134,7 +144,7 @@ impl TokenSource {
             store: Store {
                 cache,
                 key,
-                refresh_token: Mutex::new(None),
+                refresh_token: Mutex::new(RefreshToken::default()),
             },
             fleet,
             state: Mutex::new(State {
@@ -210,7 +220,12 @@ impl TokenSource {
         if previous.store.key != self.store.key {
             return;
         }
-        let refresh = previous.store.refresh_token();
+        let refresh = previous
+            .store
+            .refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         *self
             .store
             .refresh_token
@@ -405,7 +420,8 @@ impl TokenSource {
         };
         let started = Instant::now();
         self.state().lifecycle.sent(started);
-        let refresh = self.store.refresh_token();
+        let alone = self.fleet.is_some() && claim.is_none();
+        let refresh = self.store.refresh_token(alone);
         let result = flow::obtain(
             &self.client,
             endpoint,
@@ -622,17 +638,26 @@ impl Store {
         self.cache.cache.get(&self.key)
     }
 
+    /// Stores what this replica's own token request brought.
     fn put(&self, token: Arc<Token>, next: NextRefresh) {
         self.cache.cache.insert(self.key.clone(), token);
-        let mut held = self
-            .refresh_token
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut held = self.refresh();
         match next {
-            NextRefresh::Replace(r) => *held = Some(r),
+            NextRefresh::Replace(r) => {
+                *held = RefreshToken {
+                    secret: Some(r),
+                    shared: false,
+                }
+            }
             NextRefresh::Keep => {}
-            NextRefresh::Clear => *held = None,
+            NextRefresh::Clear => *held = RefreshToken::default(),
         }
+    }
+
+    /// Stores what another replica's token request brought (through the shared cache).
+    fn adopt(&self, token: Arc<Token>, refresh_token: Option<Secret>) {
+        self.cache.cache.insert(self.key.clone(), token);
+        self.set_refresh_token(refresh_token);
     }
 
     /// Removes `used` if it is still the stored token (compare-and-invalidate).
@@ -646,19 +671,35 @@ impl Store {
             });
     }
 
-    /// Takes the fleet's refresh token: it may have rotated since this replica held one.
+    /// Takes the fleet's refresh token, if it has one: it may have rotated since this
+    /// replica held one.
     fn set_refresh_token(&self, refresh_token: Option<Secret>) {
-        *self
-            .refresh_token
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = refresh_token;
+        if let Some(secret) = refresh_token {
+            *self.refresh() = RefreshToken {
+                secret: Some(secret),
+                shared: true,
+            };
+        }
     }
 
-    fn refresh_token(&self) -> Option<Secret> {
+    /// The refresh token was stored in the shared cache: other replicas may present it.
+    fn refresh_token_published(&self) {
+        self.refresh().shared = true;
+    }
+
+    /// The refresh token to present, `alone` or not (see [`RefreshToken`]).
+    fn refresh_token(&self, alone: bool) -> Option<Secret> {
+        let held = self.refresh();
+        match alone && held.shared {
+            true => None,
+            false => held.secret.clone(),
+        }
+    }
+
+    fn refresh(&self) -> MutexGuard<'_, RefreshToken> {
         self.refresh_token
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 }
 
@@ -735,7 +776,7 @@ mod tests {
                 upstream: "api".into(),
                 fingerprint: 7,
             },
-            refresh_token: Mutex::new(None),
+            refresh_token: Mutex::new(RefreshToken::default()),
         }
     }
 
@@ -765,8 +806,28 @@ mod tests {
         let store = store();
         store.put(token(), NextRefresh::Replace(Secret::new("r1")));
         store.put(token(), NextRefresh::Keep);
-        assert_eq!(store.refresh_token().unwrap().expose(), "r1");
+        assert_eq!(store.refresh_token(false).unwrap().expose(), "r1");
         store.put(token(), NextRefresh::Clear);
-        assert!(store.refresh_token().is_none());
+        assert!(store.refresh_token(false).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_token_other_replicas_may_hold_is_not_presented_alone() {
+        let store = store();
+        // Obtained by this replica alone: its own to present.
+        store.put(token(), NextRefresh::Replace(Secret::new("mine")));
+        assert_eq!(store.refresh_token(true).unwrap().expose(), "mine");
+        // Once published, or when it came from the fleet, only through the fleet lock.
+        store.refresh_token_published();
+        assert!(store.refresh_token(true).is_none());
+        assert_eq!(store.refresh_token(false).unwrap().expose(), "mine");
+        store.put(token(), NextRefresh::Replace(Secret::new("mine again")));
+        assert_eq!(store.refresh_token(true).unwrap().expose(), "mine again");
+        store.adopt(token(), Some(Secret::new("fleet's")));
+        assert!(store.refresh_token(true).is_none());
+        assert_eq!(store.refresh_token(false).unwrap().expose(), "fleet's");
+        // A refresh that brings none keeps the one presented, and what is known of it.
+        store.put(token(), NextRefresh::Keep);
+        assert!(store.refresh_token(true).is_none());
     }
 }

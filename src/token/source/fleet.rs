@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{NextRefresh, TokenSource};
+use super::TokenSource;
 use crate::metrics::SharedEvent;
 use crate::token::lifecycle::{better, LockWait, Verdict};
 use crate::token::shared::{
@@ -205,7 +205,7 @@ impl TokenSource {
                 true => self.store.get(),
                 false => claim.token.clone(),
             };
-            let refresh = self.store.refresh_token();
+            let refresh = self.store.refresh_token(false);
             Entry::seal(
                 token.as_deref(),
                 refresh.as_ref(),
@@ -230,6 +230,10 @@ impl TokenSource {
                 .await
             })
             .await;
+        // Written, or perhaps written (an answer lost): other replicas may present it now.
+        if !matches!(written, Ok(false)) {
+            self.store.refresh_token_published();
+        }
         if let Ok(false) = written {
             // Our lock expired and someone else wrote meanwhile: theirs stands.
             tracing::debug!(
@@ -258,7 +262,7 @@ impl TokenSource {
         if !better(&token, held.as_deref(), Instant::now()) {
             return;
         }
-        self.store.put(token, next_refresh(entry.refresh_token));
+        self.store.adopt(token, entry.refresh_token);
         state.lifecycle.adopted();
         drop(state);
         tracing::info!(
@@ -282,7 +286,7 @@ impl TokenSource {
         match &verdict {
             Verdict::Adopt(token) => {
                 self.store
-                    .put(Arc::clone(token), next_refresh(entry.refresh_token.clone()));
+                    .adopt(Arc::clone(token), entry.refresh_token.clone());
                 state.last = Some((SystemTime::now(), None));
             }
             Verdict::BackOff => {
@@ -369,11 +373,4 @@ pub(super) fn listen(source: &Arc<TokenSource>) {
             }
         }
     });
-}
-
-fn next_refresh(refresh_token: Option<crate::secret::Secret>) -> NextRefresh {
-    match refresh_token {
-        Some(r) => NextRefresh::Replace(r),
-        None => NextRefresh::Keep,
-    }
 }
