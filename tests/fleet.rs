@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nexus_sidecar::standin::{Api, Failure, StandIn};
-use support::fleet::{Fleet, Replica};
+use support::fleet::{trust, Fleet, Ground, Replica};
 use support::redis::Redis;
-use support::{credentials, pki, temp_dir, upstream_toml, Http, Reply, PATIENCE, SECRET_MARK};
+use support::{credentials, upstream_toml, Http, Reply, PATIENCE, SECRET_MARK};
 use tokio::runtime::Runtime;
 
 /// One token endpoint (TLS, trusted through `ca_file`), one Redis, and the runtime both live
@@ -35,18 +35,9 @@ impl World {
     }
 
     fn with(api: Api) -> World {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let pki = pki();
-        let dir = temp_dir("fleet");
-        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
-        let tls = pki.server_config(&[b"h2", b"http/1.1"]);
-        let standin = runtime
-            .block_on(StandIn::start_tls(api, credentials(api), tls))
-            .unwrap();
+        let ground = Ground::new("fleet");
+        let standin = ground.standin(api, credentials(api));
+        let Ground { runtime, dir, .. } = ground;
         World {
             runtime,
             standin,
@@ -64,7 +55,7 @@ impl World {
 
     /// The same, with the shared cache's `timeout`.
     fn config_timed(&self, timeout: &str, auth: &str) -> String {
-        let trust = format!("ca_file = \"{}\"", self.dir.join("ca.pem").display());
+        let trust = trust(&self.dir);
         format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{}\"\ntimeout = \"{timeout}\"\n\n{}",
             self.redis.url(),
@@ -368,7 +359,7 @@ fn different_credentials_never_share_an_entry() {
     let world = World::new();
     // Same endpoint, same client id, another secret: a second entry, and each upstream keeps
     // getting the token of its own credentials.
-    let trust = format!("ca_file = \"{}\"", world.dir.join("ca.pem").display());
+    let trust = trust(&world.dir);
     let first = upstream_toml("api", &world.standin, &trust, "prefetch = false");
     let second = upstream_toml("wrong", &world.standin, &trust, "prefetch = false")
         .replace(&credentials(Api::NuvyNexus).secret, "another-secret");

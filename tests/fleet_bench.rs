@@ -36,9 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_sidecar::standin::{Api, StandIn};
-use support::fleet::Fleet;
+use support::fleet::{trust, Fleet, Ground};
 use support::redis::Redis;
-use support::{credentials, pki, temp_dir, upstream_toml, Http, PATIENCE};
+use support::{credentials, upstream_toml, Http, PATIENCE};
 use tokio::runtime::Runtime;
 use tokio::time::MissedTickBehavior;
 
@@ -125,15 +125,7 @@ struct World {
 
 impl Bench {
     fn new() -> Bench {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let pki = pki();
-        let dir = temp_dir("fleet-bench");
-        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
-        let tls = pki.server_config(&[b"h2", b"http/1.1"]);
+        let Ground { runtime, dir, tls } = Ground::new("fleet-bench");
         Bench { runtime, tls, dir }
     }
 
@@ -150,7 +142,7 @@ impl Bench {
             .unwrap();
         standin.set_expires_in(Some(LIFETIME.as_secs()));
         let redis = shared.then(Redis::start);
-        let trust = format!("ca_file = \"{}\"", self.dir.join("ca.pem").display());
+        let trust = trust(&self.dir);
         // The defaults otherwise: `[shared_cache]` with only its url, the stand-in's
         // credentials as literals (they protect nothing).
         let cache = redis.as_ref().map_or(String::new(), |r| {

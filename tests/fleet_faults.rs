@@ -17,9 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use nexus_sidecar::standin::{Api, StandIn};
-use support::fleet::{Fleet, Replica};
+use support::fleet::{trust, Fleet, Ground, Replica};
 use support::redis::{read_value, Redis, RespValue};
-use support::{credentials, pki, replace, temp_dir, upstream_toml, Http, Reply, PATIENCE};
+use support::{credentials, replace, upstream_toml, Http, Reply, PATIENCE};
 use tokio::runtime::Runtime;
 
 /// How long a replica may take to find Redis again: its probe is spaced 1 s, then doubling up
@@ -43,19 +43,9 @@ struct World {
 
 impl World {
     fn new(redis: Redis) -> World {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let pki = pki();
-        let dir = temp_dir("fleet-faults");
-        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
-        let tls = pki.server_config(&[b"h2", b"http/1.1"]);
-        let api = Api::NuvyNexus;
-        let standin = runtime
-            .block_on(StandIn::start_tls(api, credentials(api), tls))
-            .unwrap();
+        let ground = Ground::new("fleet-faults");
+        let standin = ground.standin(Api::NuvyNexus, credentials(Api::NuvyNexus));
+        let Ground { runtime, dir, .. } = ground;
         World {
             runtime,
             standin,
@@ -68,7 +58,7 @@ impl World {
     /// A replica's configuration: an admin port, `[shared_cache]` on `url` with `shared`
     /// lines added, and the stand-in as upstream "api" with `auth` lines added.
     fn config_on(&self, url: &str, shared: &str, auth: &str) -> String {
-        let trust = format!("ca_file = \"{}\"", self.dir.join("ca.pem").display());
+        let trust = trust(&self.dir);
         format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{url}\"\n{shared}\n\n{}",
             upstream_toml("api", &self.standin, &trust, auth)

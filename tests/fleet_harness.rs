@@ -13,10 +13,10 @@ use std::io::ErrorKind;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use nexus_sidecar::standin::{Api, StandIn};
-use support::fleet::{Fleet, Replica};
+use nexus_sidecar::standin::Api;
+use support::fleet::{Fleet, Ground, Replica};
 use support::redis::{read_value, Redis, Resp, RespValue};
-use support::{credentials, pki, temp_dir, upstream_toml, Http, PATIENCE, SECRET_MARK};
+use support::{credentials, temp_dir, upstream_toml, Http, PATIENCE, SECRET_MARK};
 
 fn simple(s: &str) -> RespValue {
     RespValue::Simple(s.to_owned())
@@ -118,24 +118,9 @@ fn the_resp_reader_decodes_every_reply_kind_and_refuses_a_cut_one() {
 /// own, so five replicas make five token requests (with the cache: one).
 #[test]
 fn without_a_shared_cache_five_replicas_make_five_token_requests_one_each() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let pki = pki();
-    let dir = temp_dir("fleet-ca");
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let tls = pki.server_config(&[b"h2", b"http/1.1"]);
-    let standin = runtime
-        .block_on(StandIn::start_tls(
-            Api::NuvyNexus,
-            credentials(Api::NuvyNexus),
-            tls,
-        ))
-        .unwrap();
-    let trust = format!("ca_file = \"{}\"", ca.display());
+    let ground = Ground::new("fleet-ca");
+    let standin = ground.standin(Api::NuvyNexus, credentials(Api::NuvyNexus));
+    let trust = ground.trust();
 
     let mut fleet = Fleet::start(5, |_| {
         let upstream = upstream_toml("api", &standin, &trust, "prefetch = false");
@@ -145,9 +130,13 @@ fn without_a_shared_cache_five_replicas_make_five_token_requests_one_each() {
 
     let http = Http::default();
     for (i, replica) in fleet.replicas.iter().enumerate() {
-        let reply = runtime.block_on(http.get(&replica.app_url(&format!("/v1/accounts?r={i}"))));
+        let reply = ground
+            .runtime
+            .block_on(http.get(&replica.app_url(&format!("/v1/accounts?r={i}"))));
         assert_eq!(reply.status, 200, "replica {i}: {}", reply.text());
-        let ready = runtime.block_on(http.get(&replica.admin_url("/readyz")));
+        let ready = ground
+            .runtime
+            .block_on(http.get(&replica.admin_url("/readyz")));
         assert_eq!(ready.status, 200, "replica {i}: {}", ready.text());
     }
     assert_eq!(standin.token_requests(), 5);
@@ -169,7 +158,7 @@ fn without_a_shared_cache_five_replicas_make_five_token_requests_one_each() {
         assert!(!log.contains(SECRET_MARK), "a secret in a log:\n{log}");
     }
     drop(fleet);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&ground.dir);
 }
 
 #[test]

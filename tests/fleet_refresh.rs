@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use nexus_sidecar::standin::{Api, StandIn};
-use support::fleet::{Fleet, Replica};
+use support::fleet::{trust, Fleet, Ground, Replica};
 use support::redis::Redis;
-use support::{credentials, pki, temp_dir, upstream_toml, within, Http, TOTP_SEED};
+use support::{credentials, upstream_toml, within, Http, TOTP_SEED};
 use tokio::runtime::Runtime;
 
 /// The short tokens' lifetime (s). Retired at 90% (3.6 s) and refreshed 20-22% before that
@@ -69,21 +69,14 @@ type Round = Vec<Served>;
 
 impl World {
     fn new(api: Api) -> World {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let pki = pki();
-        let dir = temp_dir("fleet-refresh");
-        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
-        let tls = pki.server_config(&[b"h2", b"http/1.1"]);
+        let ground = Ground::new("fleet-refresh");
         let mut c = credentials(api);
         if api == Api::Nexudus {
             // Signing in needs a TOTP code: only the password grant can show it was repeated.
             c = c.with_totp(TOTP_SEED);
         }
-        let standin = runtime.block_on(StandIn::start_tls(api, c, tls)).unwrap();
+        let standin = ground.standin(api, c);
+        let Ground { runtime, dir, .. } = ground;
         World {
             runtime,
             standin,
@@ -96,7 +89,7 @@ impl World {
     /// `n` replicas, each with an admin port, the shared cache, and the stand-in as upstream
     /// "api" with `auth` lines added.
     fn fleet(&self, n: usize, auth: &str) -> Fleet {
-        let trust = format!("ca_file = \"{}\"", self.dir.join("ca.pem").display());
+        let trust = trust(&self.dir);
         let config = format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{}\"\ntimeout = \"5s\"\n\n{}",
             self.redis.url(),

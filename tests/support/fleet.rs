@@ -14,9 +14,54 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nexus_sidecar::Config;
+use nexus_sidecar::standin::{Credentials, StandIn};
+use nexus_sidecar::{standin::Api, Config};
+use tokio::runtime::Runtime;
 
-use super::{temp_dir, PATIENCE};
+use super::{pki, temp_dir, PATIENCE};
+
+// --- What a fleet test stands on. -----------------------------------------------------------
+
+/// A runtime for the in-process stand-ins and HTTP calls (`block_on`ed from the synchronous
+/// test), a scratch directory, and a test CA written there as `ca.pem`, which replicas trust
+/// through `ca_file` and stand-ins serve TLS under.
+pub struct Ground {
+    pub runtime: Runtime,
+    pub dir: PathBuf,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl Ground {
+    pub fn new(tag: &str) -> Ground {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pki = pki();
+        let dir = temp_dir(tag);
+        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+        let tls = pki.server_config(&[b"h2", b"http/1.1"]);
+        Ground { runtime, dir, tls }
+    }
+
+    /// A token endpoint and API stand-in over TLS.
+    pub fn standin(&self, api: Api, credentials: Credentials) -> StandIn {
+        self.runtime
+            .block_on(StandIn::start_tls(api, credentials, Arc::clone(&self.tls)))
+            .unwrap()
+    }
+
+    /// The `ca_file` line that makes a replica trust the stand-ins.
+    pub fn trust(&self) -> String {
+        trust(&self.dir)
+    }
+}
+
+/// The `ca_file` line for the `ca.pem` in `dir`.
+pub fn trust(dir: &Path) -> String {
+    format!("ca_file = \"{}\"", dir.join("ca.pem").display())
+}
 
 // --- A child process and its output. --------------------------------------------------------
 

@@ -93,6 +93,16 @@ impl Fleet {
             .clone()
     }
 
+    /// The fleet's entry as it stands.
+    async fn read(&self) -> Result<Entry, SharedCacheError> {
+        let keys = self.keys.clone();
+        let fields = self
+            .cache
+            .run(|mut conn| async move { shared::read(&mut conn, &keys).await })
+            .await?;
+        Ok(self.open(fields))
+    }
+
     fn open(&self, fields: Fields) -> Entry {
         Entry::open(fields, &self.seal).unwrap_or_else(|_| {
             self.cache.metrics().error("unopenable");
@@ -117,16 +127,11 @@ impl TokenSource {
             // protocol, so a slow or hung Redis (each step bounded by its `timeout`) delays
             // them but does not fail them before this replica falls back to its own request.
             self.state().lifecycle.awaiting_fleet(Instant::now(), None);
-            let keys = fleet.keys.clone();
-            let fields = match fleet
-                .cache
-                .run(|mut conn| async move { shared::read(&mut conn, &keys).await })
-                .await
-            {
-                Ok(fields) => fields,
+            let entry = match fleet.read().await {
+                Ok(entry) => entry,
                 Err(e) => return self.alone(&e),
             };
-            match self.consult(fleet, &fleet.open(fields)) {
+            match self.consult(fleet, &entry) {
                 Verdict::Adopt(_) | Verdict::BackOff | Verdict::Moot => return Through::Settled,
                 Verdict::Defer(at) => {
                     tokio::time::sleep_until(at).await;
@@ -245,15 +250,9 @@ impl TokenSource {
 
     /// Adopts a token another replica announced, if it is better than the one held.
     pub(super) async fn pick_up(&self, fleet: &Fleet) {
-        let keys = fleet.keys.clone();
-        let Ok(fields) = fleet
-            .cache
-            .run(|mut conn| async move { shared::read(&mut conn, &keys).await })
-            .await
-        else {
+        let Ok(entry) = fleet.read().await else {
             return;
         };
-        let entry = fleet.open(fields);
         let Some(token) = self.usable(fleet, &entry) else {
             return;
         };
