@@ -265,10 +265,9 @@ fn when_the_lock_holder_dies_another_replica_takes_over_after_the_lock_expires()
     let world = World::new();
     // The lock lives as long as a token request can (2 × timeout + 1 s = 3 s here) and as
     // long again as two Redis operations (2 × 1 s): 5 s.
-    let config = world.config_timed(
-        "1s",
-        "prefetch = false\ntimeout = \"1s\"\ntoken_wait = \"60s\"",
-    );
+    // `token_wait` is the default (5 s): the request waits past it for a token request in
+    // flight, even another replica's.
+    let config = world.config_timed("1s", "prefetch = false\ntimeout = \"1s\"");
     let mut holder = Replica::start(&write(&world, "holder.toml", &config));
     let waiter = Replica::start(&write(&world, "waiter.toml", &config));
 
@@ -288,22 +287,24 @@ fn when_the_lock_holder_dies_another_replica_takes_over_after_the_lock_expires()
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(world.standin.token_requests(), 2);
     assert!(world.events(&waiter, "lock_wait") >= 1);
-    // It waited for the lock's expiry, not by asking Redis over and over.
+    // It waited for the lock's expiry, not by asking Redis over and over: a look is a read
+    // and an acquire (two scripts); one look finds the lock, one more may come a moment
+    // before Redis expires it, one takes it; then the publish.
     let evals = world.redis_calls("evalsha") + world.redis_calls("eval") - evals_before;
-    assert!(evals <= 6, "{evals} scripts run while waiting for the lock");
+    assert!(evals <= 7, "{evals} scripts run while waiting for the lock");
 }
 
 #[test]
 fn when_the_lock_holder_dies_the_waiters_wait_for_the_one_that_takes_over_not_each_alone() {
     let world = World::new();
-    // The fleet lock lives 2 × 4 s + 1 s + 2 × 1 s = 11 s here.
+    // The fleet lock lives 2 × 6 s + 1 s + 2 × 1 s = 15 s here.
     let config = world.config_timed(
         "1s",
-        "prefetch = false\ntimeout = \"4s\"\ntoken_wait = \"60s\"",
+        "prefetch = false\ntimeout = \"6s\"\ntoken_wait = \"60s\"",
     );
-    // Shorter than the token request's timeout: the takeover's request is still held (not
-    // failed, which would put the fleet in backoff) all through it.
-    let window = Duration::from_secs(3);
+    // Well within the token request's timeout: the takeover's request is still held (not
+    // failed, which would put the fleet in backoff) all through it, and released in time.
+    let window = Duration::from_secs(2);
     let mut holder = Replica::start(&write(&world, "holder.toml", &config));
     let waiters: Vec<Replica> = (0..3)
         .map(|i| Replica::start(&write(&world, &format!("waiter{i}.toml"), &config)))

@@ -417,4 +417,12 @@ fn while_redis_is_down_no_replica_replays_a_superseded_refresh_token() {
         "a refresh token was presented after a refresh had replaced it ({} sign-ins)",
         s.token_requests_by_grant("password")
     );
+    // The refresh came due during the outage, and was a sign-in: the fleet's refresh token
+    // was not presented by a replica alone.
+    assert!(
+        s.token_requests_by_grant("password") >= 2,
+        "{} sign-ins, {} refreshes",
+        s.token_requests_by_grant("password"),
+        s.token_requests_by_grant("refresh_token")
+    );
 }

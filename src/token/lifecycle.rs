@@ -319,8 +319,10 @@ impl Lifecycle {
     /// The token request started by a [`Fetch`] is being sent now.
     pub fn sent(&mut self, now: Instant) {
         self.last_sent = Some(now);
-        if let Phase::Fetching { at, .. } = &mut self.phase {
+        if let Phase::Fetching { at, lock } = &mut self.phase {
+            // Ours is in flight: no other replica's lock bounds the wait any more.
             *at = now;
+            *lock = None;
         }
     }
 

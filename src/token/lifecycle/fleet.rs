@@ -60,22 +60,34 @@ const MIN_LOOK: Duration = Duration::from_millis(10);
 /// A replica waiting for another's token request: each holder of the fleet lock is given the
 /// lock's whole remaining life, counted from when this replica first saw it hold the lock.
 /// A holder that dies costs the fleet its lock's life; the replica that takes over is given
-/// its own, so the waiters do not all give up together and each send a token request.
-#[derive(Debug, Default)]
+/// its own, so the waiters do not all give up together and each send a token request. In all,
+/// a replica waits no longer than two lock lives: the holder it found, and one successor.
+#[derive(Debug)]
 pub struct LockWait {
     /// The holder last seen, and until when it is waited for.
     holder: Option<(String, Instant)>,
+    /// When the replica gives up waiting, whoever holds the lock.
+    cap: Instant,
 }
 
 impl LockWait {
+    /// Waiting begins `now`, for locks that live `life`.
+    pub fn new(now: Instant, life: Duration) -> LockWait {
+        LockWait {
+            holder: None,
+            cap: now + life * 2,
+        }
+    }
+
     /// The lock is held by `owner` for `remaining` more: when to look again (the holder's
-    /// announcement may wake the waiter sooner), or `None` when this holder has had all its
-    /// lock's life and still holds it: something is wrong, and the replica goes alone.
+    /// announcement may wake the waiter sooner), or `None` when this replica has waited long
+    /// enough (this holder has had all its lock's life and still holds it, or the cap passed):
+    /// something is wrong, and the replica goes alone.
     pub fn held(&mut self, owner: &str, remaining: Duration, now: Instant) -> Option<Instant> {
         let give_up = match &self.holder {
             Some((seen, give_up)) if seen == owner => *give_up,
             _ => {
-                let give_up = now + remaining + LOCK_GRACE;
+                let give_up = (now + remaining + LOCK_GRACE).min(self.cap);
                 self.holder = Some((owner.to_owned(), give_up));
                 give_up
             }
@@ -236,7 +248,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_looks_again_when_the_lock_expires_and_gives_up_only_on_a_holder_past_it() {
         let now = Instant::now();
-        let mut wait = LockWait::default();
+        let mut wait = LockWait::new(now, S(3));
         assert_eq!(wait.held("a", S(3), now), Some(now + S(3)));
         // Woken early by an unrelated announcement: the same holder, less remaining.
         tokio::time::advance(S(1)).await;
@@ -250,7 +262,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_holder_of_the_lock_is_given_its_whole_life() {
         let start = Instant::now();
-        let mut wait = LockWait::default();
+        let mut wait = LockWait::new(start, S(3));
         assert!(wait.held("dead", S(3), start).is_some());
         // The dead holder's lock expired; another waiter took it over just now. Waiting for
         // it counts from now, not from when this replica began to wait: otherwise every
@@ -263,6 +275,23 @@ mod tests {
         assert_eq!(wait.held("next", S(1), now), Some(now + S(1)));
         // A lock about to expire is looked at again soon, not in a tight loop.
         assert_eq!(wait.held("next", Duration::ZERO, now), Some(now + MIN_LOOK));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_waits_two_lock_lives_at_most_whoever_holds_the_lock() {
+        let start = Instant::now();
+        let mut wait = LockWait::new(start, S(3));
+        assert_eq!(wait.held("first", S(3), start), Some(start + S(3)));
+        // Holders that keep dying (a crash loop): the second one is waited for only up to
+        // two lock lives from the start...
+        tokio::time::advance(S(4)).await;
+        assert_eq!(
+            wait.held("second", S(3), Instant::now()),
+            Some(start + S(6))
+        );
+        // ...and no one after that.
+        tokio::time::advance(S(2)).await;
+        assert_eq!(wait.held("third", S(3), Instant::now()), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -428,6 +457,13 @@ mod tests {
         ));
         // A later step of the protocol without a lock held counts from that step alone.
         lifecycle.awaiting_fleet(now, None);
+        assert!(matches!(
+            lifecycle.demand(None, Trigger::Demand, start, now),
+            Step::Wait(until) if until == now + bound
+        ));
+        // So does our own token request, once sent, whatever lock was waited for before.
+        lifecycle.awaiting_fleet(now, Some(now + bound * 3));
+        lifecycle.sent(now);
         assert!(matches!(
             lifecycle.demand(None, Trigger::Demand, start, now),
             Step::Wait(until) if until == now + bound

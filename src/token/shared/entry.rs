@@ -7,17 +7,14 @@
 //! - `seal`: the sealed JSON of [`Entry`]: the token, the refresh token and the fleet's
 //!   history of token requests (failures, last sent, backoff).
 //!
-//! Instants travel as Unix milliseconds: replicas share the wall clock, not a monotonic one.
-//! A skew between their clocks shifts when they think a token is due, never whether a token
-//! is the one the endpoint issued. Nothing read is allowed to have happened in the reader's
-//! future: a writer whose clock runs ahead would otherwise make the fleet hold a token past
-//! its expiry, or wait out a rate limit or backoff for as long as its clock is ahead. What
-//! was written ahead is moved back to now, keeping the spans the writer meant (a token's
-//! lifetime, a backoff's delay). A writer whose clock runs behind makes tokens look older
-//! than they are: they are refreshed early, the safe way to be wrong.
+//! Replicas share no clock but Redis's. Instants travel as milliseconds relative to the moment
+//! the entry was sealed, and the write stamps the entry with Redis's `TIME` (field `t`); a
+//! read gets Redis's `TIME` too, so the reader knows the entry's age by one clock and places
+//! every instant on its own monotonic clock. Replicas whose wall clocks disagree, by seconds or
+//! by hours, agree on when a token expires and when the fleet may ask again.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -46,6 +43,9 @@ pub(crate) struct Fields {
     pub version: Option<String>,
     pub id: Option<String>,
     pub seal: Option<Vec<u8>>,
+    /// How long ago the entry was written, by Redis's clock; `None` for an entry without a
+    /// stamp (none, or of another format).
+    pub age: Option<Duration>,
 }
 
 /// What a write stores: the token id (empty without a token) and the sealed entry.
@@ -66,7 +66,7 @@ impl Entry {
         };
         let plain = seal.open(&sealed)?;
         let wire = serde_json::from_slice::<Wire>(&plain).map_err(|_| Unopenable)?;
-        let clock = Clock::now();
+        let clock = Clock::written(fields.age.ok_or(Unopenable)?);
         // The token counts only while the plain `id` still names it: compare-and-delete
         // clears the id, and cannot touch the sealed part.
         entry.token = wire
@@ -76,9 +76,7 @@ impl Entry {
         entry.refresh_token = wire.refresh_token.map(Secret::new);
         entry.history = History {
             failures: wire.failures,
-            last_sent: wire
-                .last_sent
-                .map(|ms| clock.instant(ms).min(clock.instant)),
+            last_sent: wire.last_sent.map(|ms| clock.instant(ms)),
             backoff: wire.backoff.map(|b| b.into_backoff(&clock)),
         };
         Ok(entry)
@@ -91,20 +89,20 @@ impl Entry {
         history: &History,
         seal: &Seal,
     ) -> Sealed {
-        let clock = Clock::now();
+        let clock = Clock::written(Duration::ZERO);
         let wire = Wire {
             token: token.map(|t| WireToken {
                 access_token: t.expose().to_owned(),
-                obtained_at: clock.unix(t.obtained_at),
-                expires_at: clock.unix(t.expires_at),
-                refresh_at: clock.unix(t.refresh_at),
+                obtained_at: clock.offset(t.obtained_at),
+                expires_at: clock.offset(t.expires_at),
+                refresh_at: clock.offset(t.refresh_at),
             }),
             refresh_token: refresh_token.map(|r| r.expose().to_owned()),
             failures: history.failures,
-            last_sent: history.last_sent.map(|i| clock.unix(i)),
+            last_sent: history.last_sent.map(|i| clock.offset(i)),
             backoff: history.backoff.as_ref().map(|b| WireBackoff {
-                since: clock.unix(b.since),
-                retry_at: clock.unix(b.retry_at),
+                since: clock.offset(b.since),
+                retry_at: clock.offset(b.retry_at),
                 transient: b.error.is_transient(),
                 code: b.error.endpoint_code().map(|c| c.as_str().to_owned()),
                 message: b.error.to_string(),
@@ -125,22 +123,22 @@ struct Wire {
     token: Option<WireToken>,
     refresh_token: Option<String>,
     failures: u32,
-    last_sent: Option<u64>,
+    last_sent: Option<i64>,
     backoff: Option<WireBackoff>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct WireToken {
     access_token: String,
-    obtained_at: u64,
-    expires_at: u64,
-    refresh_at: u64,
+    obtained_at: i64,
+    expires_at: i64,
+    refresh_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct WireBackoff {
-    since: u64,
-    retry_at: u64,
+    since: i64,
+    retry_at: i64,
     transient: bool,
     code: Option<String>,
     message: String,
@@ -148,12 +146,11 @@ struct WireBackoff {
 
 impl WireToken {
     fn into_token(self, clock: &Clock) -> Option<Arc<Token>> {
-        let ahead = clock.ahead(self.obtained_at);
         Some(Arc::new(Token {
             header: bearer(&self.access_token)?,
-            obtained_at: clock.instant(self.obtained_at) - ahead,
-            expires_at: clock.instant(self.expires_at) - ahead,
-            refresh_at: clock.instant(self.refresh_at) - ahead,
+            obtained_at: clock.instant(self.obtained_at),
+            expires_at: clock.instant(self.expires_at),
+            refresh_at: clock.instant(self.refresh_at),
         }))
     }
 }
@@ -168,10 +165,9 @@ impl WireBackoff {
                 .unwrap_or(0);
             message.truncate(cut);
         }
-        let ahead = clock.ahead(self.since);
         Backoff {
-            since: clock.instant(self.since) - ahead,
-            retry_at: clock.instant(self.retry_at) - ahead,
+            since: clock.instant(self.since),
+            retry_at: clock.instant(self.retry_at),
             error: TokenError::Replica {
                 message: message.into(),
                 transient: self.transient,
@@ -181,49 +177,41 @@ impl WireBackoff {
     }
 }
 
-/// One reading of both clocks, to convert between them.
+/// The moment an entry was sealed, on this process's monotonic clock: what its instants are
+/// relative to.
 struct Clock {
-    instant: Instant,
-    unix: Duration,
+    sealed: Instant,
 }
 
+/// Far-off instants are clamped so `Instant` cannot overflow.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl Clock {
-    fn now() -> Clock {
+    /// For an entry sealed `age` ago.
+    fn written(age: Duration) -> Clock {
+        let now = Instant::now();
         Clock {
-            instant: Instant::now(),
-            unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
+            sealed: now.checked_sub(age).unwrap_or(now),
         }
     }
 
-    fn unix(&self, at: Instant) -> u64 {
-        let ms = if at >= self.instant {
-            self.unix + (at - self.instant)
-        } else {
-            self.unix.saturating_sub(self.instant - at)
-        };
-        u64::try_from(ms.as_millis()).unwrap_or(u64::MAX)
+    /// `at` as milliseconds after the seal (negative: before it).
+    fn offset(&self, at: Instant) -> i64 {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        match at.checked_duration_since(self.sealed) {
+            Some(after) => ms(after),
+            None => -ms(self.sealed - at),
+        }
     }
 
-    /// How far `unix_ms` lies in the future of this clock: how far ahead its writer's clock
-    /// ran, at least.
-    fn ahead(&self, unix_ms: u64) -> Duration {
-        self.instant(unix_ms) - self.instant
-    }
-
-    /// An instant before this process's monotonic clock began reads as now: only token ages
-    /// are that old, and a younger age errs on the side of not replacing a token too soon.
-    fn instant(&self, unix_ms: u64) -> Instant {
-        let at = Duration::from_millis(unix_ms);
-        if at >= self.unix {
-            // Far-future values are clamped so `Instant` cannot overflow.
-            let ahead = (at - self.unix).min(Duration::from_secs(100 * 365 * 24 * 3600));
-            self.instant + ahead
-        } else {
-            self.instant
-                .checked_sub(self.unix - at)
-                .unwrap_or(self.instant)
+    /// An instant before this process's monotonic clock began reads as the seal: only token
+    /// ages are that old, and a younger age errs on the side of not replacing a token too
+    /// soon.
+    fn instant(&self, offset_ms: i64) -> Instant {
+        let span = Duration::from_millis(offset_ms.unsigned_abs()).min(FAR);
+        match offset_ms >= 0 {
+            true => self.sealed + span,
+            false => self.sealed.checked_sub(span).unwrap_or(self.sealed),
         }
     }
 }
@@ -249,6 +237,7 @@ mod tests {
             version: Some("3".into()),
             id,
             seal: Some(sealed.seal),
+            age: Some(Duration::ZERO),
         }
     }
 
@@ -333,6 +322,7 @@ mod tests {
                 version: Some("1".into()),
                 id: Some(sealed.id.clone()),
                 seal: Some(sealed.seal.clone()),
+                age: Some(Duration::ZERO),
             };
             Entry::open(f, &seal).unwrap().token.unwrap()
         };
@@ -345,24 +335,15 @@ mod tests {
     }
 
     #[test]
-    fn what_a_replica_with_a_fast_clock_wrote_is_moved_back_to_now() {
-        const AHEAD: Duration = Duration::from_secs(600);
+    fn an_entry_is_read_by_its_age_on_redis_clock_not_by_any_replicas_wall_clock() {
         let seal = Seal::derive(b"creds");
         let now = Instant::now();
-        // A writer whose clock runs ten minutes ahead: every instant it wrote is ten minutes
-        // later than it meant.
-        let written = Token {
-            header: bearer("tok-1").unwrap(),
-            obtained_at: now + AHEAD,
-            expires_at: now + AHEAD + Duration::from_secs(300),
-            refresh_at: now + AHEAD + Duration::from_secs(240),
-        };
         let history = History {
             failures: 1,
-            last_sent: Some(now + AHEAD),
+            last_sent: Some(now),
             backoff: Some(Backoff {
-                since: now + AHEAD,
-                retry_at: now + AHEAD + Duration::from_secs(4),
+                since: now,
+                retry_at: now + Duration::from_secs(4),
                 error: TokenError::Unavailable {
                     status: 503,
                     code: None,
@@ -370,31 +351,42 @@ mod tests {
                 },
             }),
         };
-        let sealed = Entry::seal(Some(&written), None, &history, &seal);
-        let id = sealed.id.clone();
-        let entry = Entry::open(fields(sealed, Some(id)), &seal).unwrap();
-        let read_at = Instant::now();
+        let sealed = Entry::seal(Some(&token("tok-1")), None, &history, &seal);
+        let read = |age: Duration| {
+            let mut f = fields(
+                Sealed {
+                    id: sealed.id.clone(),
+                    seal: sealed.seal.clone(),
+                },
+                Some(sealed.id.clone()),
+            );
+            f.age = Some(age);
+            Entry::open(f, &seal).unwrap()
+        };
         let near = |a: Instant, b: Instant| a.max(b) - a.min(b) <= Duration::from_millis(50);
 
-        let token = entry.token.unwrap();
-        assert!(token.obtained_at <= read_at, "not obtained in the future");
-        assert!(near(token.obtained_at, now));
-        assert!(
-            near(token.expires_at, now + Duration::from_secs(300)),
-            "its lifetime kept"
-        );
-        assert!(near(token.refresh_at, now + Duration::from_secs(240)));
-        let last_sent = entry.history.last_sent.unwrap();
-        assert!(
-            last_sent <= read_at && near(last_sent, now),
-            "not sent in the future"
-        );
-        let backoff = entry.history.backoff.unwrap();
-        assert!(near(backoff.since, now));
-        assert!(
-            near(backoff.retry_at, now + Duration::from_secs(4)),
-            "its delay kept"
-        );
+        // Read at once: as written.
+        let fresh = read(Duration::ZERO);
+        assert!(near(
+            fresh.token.unwrap().expires_at,
+            now + Duration::from_secs(300)
+        ));
+        // Read when Redis says it was written 60 s ago: everything 60 s earlier, whatever
+        // the writer's or the reader's wall clock said.
+        let aged = read(Duration::from_secs(60));
+        let token = aged.token.unwrap();
+        let earlier =
+            |d: u64| now.checked_sub(Duration::from_secs(60)).unwrap() + Duration::from_secs(d);
+        assert!(near(token.obtained_at, earlier(0)));
+        assert!(near(token.expires_at, earlier(300)), "240 s left of 300");
+        assert!(near(token.refresh_at, earlier(240)));
+        assert!(near(aged.history.last_sent.unwrap(), earlier(0)));
+        let backoff = aged.history.backoff.unwrap();
+        assert!(near(backoff.retry_at, earlier(4)), "the backoff is over");
+        // Without Redis's stamp the entry cannot be placed in time: refused.
+        let mut unstamped = fields(sealed, None);
+        unstamped.age = None;
+        assert!(matches!(Entry::open(unstamped, &seal), Err(Unopenable)));
     }
 
     #[test]

@@ -47,8 +47,6 @@ pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The process's connection to the shared cache. Cheap to share (`Arc`).
 pub struct SharedCache {
     client: ::redis::Client,
-    /// Replaced by a fresh one after every failure (see [`SharedCache::failed`]).
-    conn: Mutex<ConnectionManager>,
     prefix: String,
     channel: String,
     timeout: Duration,
@@ -90,9 +88,15 @@ impl SharedState {
     }
 }
 
-#[derive(Debug)]
+/// What this process knows of Redis, and the connection it uses.
 struct Health {
     state: Phase,
+    /// Replaced by a fresh one after every failure (see [`SharedCache::failed`]).
+    conn: ConnectionManager,
+    /// Counts replacements: the outcome of an operation on a replaced connection is stale,
+    /// and changes nothing (a subscription made on it died with it).
+    generation: u64,
+    /// The channel is subscribed on `conn`.
     subscribed: bool,
     /// Redis answers again after an outage that began then (and was last retried after this
     /// delay); the outage ends, and is logged as ended, once the channel is subscribed again
@@ -214,12 +218,13 @@ impl SharedCache {
             connect(&client, config.timeout, &listeners).map_err(|_| SharedCacheError::BadUrl)?;
         let cache = Arc::new(SharedCache {
             client,
-            conn: Mutex::new(conn),
             channel: format!("{}:changed", config.key_prefix),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             health: Mutex::new(Health {
                 state: Phase::Connecting,
+                conn,
+                generation: 0,
                 subscribed: false,
                 recovering: None,
             }),
@@ -283,63 +288,73 @@ impl SharedCache {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        if !self.admit(Instant::now()) {
-            return Err(SharedCacheError::Resting);
-        }
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        self.run_on(op).await.1
+    }
+
+    /// [`run`](Self::run), and the generation of the connection it ran on.
+    async fn run_on<T, F, Fut>(&self, op: F) -> (u64, Result<T, SharedCacheError>)
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let Some((generation, conn)) = self.admit(Instant::now()) else {
+            return (u64::MAX, Err(SharedCacheError::Resting));
+        };
         let result = match tokio::time::timeout(self.timeout, op(conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(SharedCacheError::from(e)),
             Err(_) => Err(SharedCacheError::Timeout(self.timeout)),
         };
         match &result {
-            Ok(_) => self.succeeded(),
-            Err(e) => self.failed(e),
+            Ok(_) => self.succeeded(generation),
+            Err(e) => self.failed(generation, e),
         }
-        result
+        (generation, result)
     }
 
-    /// Whether to try Redis now: always while it is up; once per retry delay while it is
-    /// down, so an outage costs one timeout per delay, not one per token request.
-    fn admit(&self, now: Instant) -> bool {
+    /// The connection to try Redis on now: always while it is up; once per retry delay while
+    /// it is down, so an outage costs one timeout per delay, not one per token request.
+    fn admit(&self, now: Instant) -> Option<(u64, ConnectionManager)> {
         let mut health = self.health();
-        match &mut health.state {
-            Phase::Connecting | Phase::Up => true,
-            Phase::Down {
-                next_try, delay, ..
-            } => {
-                if now < *next_try {
-                    return false;
-                }
-                *next_try = now + *delay;
-                true
+        if let Phase::Down {
+            next_try, delay, ..
+        } = &mut health.state
+        {
+            if now < *next_try {
+                return None;
             }
+            *next_try = now + *delay;
         }
+        Some((health.generation, health.conn.clone()))
     }
 
-    fn succeeded(&self) {
+    fn succeeded(&self, generation: u64) {
         let mut health = self.health();
+        if generation != health.generation {
+            return;
+        }
         if let Phase::Down { since, delay, .. } = health.state {
             health.recovering = Some((since, delay));
         }
         health.state = Phase::Up;
     }
 
-    /// Counts the failure, logs the first of an outage and rests Redis. The connection is
-    /// replaced: the redis crate reconnects by itself only after an I/O error, so a
-    /// connection whose handshake was refused (a rotated password, not yet in Redis) or that
-    /// timed out would otherwise stay broken for good. The new one subscribes again.
-    fn failed(&self, error: &SharedCacheError) {
+    /// Counts the failure; on the current connection, also logs the first of an outage,
+    /// rests Redis and replaces the connection: the redis crate reconnects by itself only
+    /// after an I/O error, so a connection whose handshake was refused (a rotated password,
+    /// not yet in Redis) or that timed out would otherwise stay broken for good. The new one
+    /// subscribes again.
+    fn failed(&self, generation: u64, error: &SharedCacheError) {
         self.metrics.error(error.kind());
-        if let Ok(fresh) = connect(&self.client, self.timeout, &self.listeners) {
-            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
-        }
         let now = Instant::now();
         let mut health = self.health();
+        if generation != health.generation {
+            return;
+        }
+        if let Ok(fresh) = connect(&self.client, self.timeout, &self.listeners) {
+            health.conn = fresh;
+            health.generation += 1;
+        }
         // An outage goes on (Redis may have answered, but the channel was not subscribed
         // again yet) with a longer delay, or begins.
         let (since, delay) = match (health.state, health.recovering.take()) {
@@ -362,6 +377,22 @@ impl SharedCache {
         health.subscribed = false;
         drop(health);
         self.failed.notify_one();
+    }
+
+    /// The channel was subscribed on the connection of `generation`: if that is still the
+    /// one in use, an outage ends here.
+    fn subscribed(&self, generation: u64) {
+        let mut health = self.health();
+        if generation != health.generation {
+            return;
+        }
+        health.subscribed = true;
+        if let Some((since, _)) = health.recovering.take() {
+            tracing::info!(
+                down_for_seconds = since.elapsed().as_secs(),
+                "shared cache is back: replicas share tokens again"
+            );
+        }
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -418,17 +449,12 @@ async fn maintain(cache: Weak<SharedCache>, failed: Arc<Notify>) {
         }
         if !subscribed {
             let channel = this.channel.clone();
-            let result = this
-                .run(|mut conn| async move { conn.subscribe(channel).await })
+            let (generation, result) = this
+                .run_on(|mut conn| async move { conn.subscribe(channel).await })
                 .await;
             // Subscribed once, the connection manager subscribes again after reconnecting.
-            let mut health = this.health();
-            health.subscribed = result.is_ok();
-            if let (true, Some((since, _))) = (health.subscribed, health.recovering.take()) {
-                tracing::info!(
-                    down_for_seconds = since.elapsed().as_secs(),
-                    "shared cache is back: replicas share tokens again"
-                );
+            if result.is_ok() {
+                this.subscribed(generation);
             }
             continue;
         }

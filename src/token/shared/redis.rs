@@ -1,5 +1,7 @@
 //! The shared cache's Redis operations: four Lua scripts, each one atomic step of the fleet's
-//! protocol, and a plain read.
+//! protocol. Every write stamps the entry with Redis's `TIME` (`t`, in milliseconds), and
+//! every read returns Redis's `TIME` beside it: the entry's age by the one clock all replicas
+//! share.
 //!
 //! Key names put the entry name in braces (`prefix:{name}` and `prefix:{name}:lock`), so an
 //! entry and its lock always share a Redis Cluster slot.
@@ -34,8 +36,22 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
                 ttl = tonumber(ARGV[2])
             end
         end
-        local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'seal')
-        return {taken and 1 or 0, holder, ttl, f[1], f[2], f[3]}
+        local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'seal', 't')
+        local now = redis.call('TIME')
+        return {taken and 1 or 0, holder, ttl, {f[1], f[2], f[3], f[4], now[1], now[2]}}
+        ",
+    )
+});
+
+/// The entry as it stands, and Redis's `TIME`.
+///
+/// KEYS: entry.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'seal', 't')
+        local now = redis.call('TIME')
+        return {f[1], f[2], f[3], f[4], now[1], now[2]}
         ",
     )
 });
@@ -65,8 +81,10 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
         local current = redis.call('HGET', KEYS[1], 'v') or ''
         local written = 0
         if current == ARGV[2] then
+            local now = redis.call('TIME')
+            local t = now[1] * 1000 + math.floor(now[2] / 1000)
             redis.call('HINCRBY', KEYS[1], 'v', 1)
-            redis.call('HSET', KEYS[1], 'id', ARGV[3], 'seal', ARGV[4])
+            redis.call('HSET', KEYS[1], 'id', ARGV[3], 'seal', ARGV[4], 't', string.format('%d', t))
             redis.call('PEXPIRE', KEYS[1], ARGV[5])
             written = 1
         end
@@ -113,14 +131,35 @@ pub(crate) enum Acquired {
     Theirs(Held, Fields),
 }
 
+/// An entry's fields as a script returns them, and Redis's `TIME` (seconds, microseconds).
+type Raw = (
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    String,
+    String,
+);
+
+/// The entry's age: Redis's time now less its stamp, never negative.
+fn fields((version, id, seal, t, secs, micros): Raw) -> Fields {
+    let now = secs.parse::<u64>().ok().zip(micros.parse::<u64>().ok());
+    let now_ms = now.map(|(s, us)| s.saturating_mul(1000).saturating_add(us / 1000));
+    let stamp = t.and_then(|t| t.parse::<u64>().ok());
+    let age = now_ms
+        .zip(stamp)
+        .map(|(now, t)| Duration::from_millis(now.saturating_sub(t)));
+    Fields {
+        version,
+        id,
+        seal,
+        age,
+    }
+}
+
 pub(crate) async fn read(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<Fields> {
-    let (version, id, seal): (Option<String>, Option<String>, Option<Vec<u8>>) =
-        redis::cmd("HMGET")
-            .arg(&keys.entry)
-            .arg(&["v", "id", "seal"])
-            .query_async(conn)
-            .await?;
-    Ok(Fields { version, id, seal })
+    let raw: Raw = READ.key(&keys.entry).invoke_async(conn).await?;
+    Ok(fields(raw))
 }
 
 pub(crate) async fn acquire(
@@ -130,15 +169,7 @@ pub(crate) async fn acquire(
     ttl: Duration,
     rejected: Option<&str>,
 ) -> RedisResult<Acquired> {
-    type Reply = (
-        i64,
-        String,
-        i64,
-        Option<String>,
-        Option<String>,
-        Option<Vec<u8>>,
-    );
-    let (taken, owner_now, remaining, version, id, seal): Reply = ACQUIRE
+    let (taken, owner_now, remaining, raw): (i64, String, i64, Raw) = ACQUIRE
         .key(&keys.entry)
         .key(&keys.lock)
         .arg(owner)
@@ -146,7 +177,7 @@ pub(crate) async fn acquire(
         .arg(rejected.unwrap_or(""))
         .invoke_async(conn)
         .await?;
-    let fields = Fields { version, id, seal };
+    let fields = fields(raw);
     Ok(match taken {
         1 => Acquired::Ours(fields),
         _ => Acquired::Theirs(

@@ -119,7 +119,7 @@ impl TokenSource {
     pub(super) async fn through_fleet(&self, fleet: &Fleet, bound: Duration) -> Through {
         let metrics = &self.metrics;
         let life = bound + fleet.cache.timeout() * 2;
-        let mut waiting = LockWait::default();
+        let mut waiting = LockWait::new(Instant::now(), life);
         // Subscribed before the first read, so no announcement falls between read and wait.
         let mut news = fleet.cache.watch(&fleet.keys.name);
         loop {
@@ -235,7 +235,8 @@ impl TokenSource {
                 .await
             })
             .await;
-        // Written, or perhaps written (an answer lost): other replicas may present it now.
+        // Written, or perhaps written (sent, its answer lost; or not sent at all, as Redis
+        // rests: erring towards a sign-in): other replicas may present it now.
         if !matches!(written, Ok(false)) {
             self.store.refresh_token_published();
         }
