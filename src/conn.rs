@@ -9,13 +9,15 @@
 //! connections at `header_read_timeout`.
 //!
 //! Not here: stalled request bodies and the replay memory bound (`body`). Everything here is per
-//! connection and lock-free: atomics, and a `Notify` that wakes the watchdog when the count of
-//! requests in flight changes. A read costs one relaxed store ([`Watched`]).
+//! connection and lock-free: atomics, which the watchdog reads each time it is polled, right
+//! after the connection. A read costs one relaxed store ([`Watched`]), a request's start and
+//! end one atomic add each; only HTTP/2 requests, which end in tasks of their own, wake the
+//! watchdog (a `Notify`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -79,6 +81,10 @@ pub struct Activity {
     /// head pipelined behind a request still in flight are cleared with it: such a head counts
     /// as idle (bounded by `idle_timeout`) until more of it arrives.
     received: AtomicBool,
+    /// Counts requests' starts and ends: a request that came and went between two looks of
+    /// the watchdog still restarts the idle timer.
+    epoch: AtomicU64,
+    /// Wakes the watchdog of an HTTP/2 connection, whose requests end in other tasks.
     changed: Notify,
 }
 
@@ -91,6 +97,7 @@ impl Activity {
             seen_request: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             received: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -102,8 +109,15 @@ impl Activity {
         }
         self.seen_request.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
+        self.changed();
         InFlight(Arc::clone(self))
+    }
+
+    fn changed(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        if self.multiplexed.load(Ordering::Relaxed) {
+            self.changed.notify_one();
+        }
     }
 
     /// Bytes arrived from the client.
@@ -127,7 +141,7 @@ impl Drop for InFlight {
             // What was read so far was this request's: the next head has not begun.
             self.0.received.store(false, Ordering::Relaxed);
         }
-        self.0.changed.notify_one();
+        self.0.changed();
     }
 }
 
@@ -147,54 +161,95 @@ pub struct Timers {
 /// received for `idle`. Never resolves while a request is in flight, however long it streams.
 ///
 /// It must be polled right after the connection it watches, in the same task (`select!` with
-/// `biased`, the connection first): it learns that a next head has begun by looking, not by
-/// being woken, since a wake-up per read would cost a lock per request.
+/// `biased`, the connection first): an HTTP/1.1 request starts and ends, and a next head
+/// begins, inside a poll of the connection, and the watchdog learns of it by looking, not by
+/// being woken, since a wake-up per request would cost a lock. Its timer is re-armed lazily:
+/// an idle deadline only moves later, so the timer set for an earlier one fires, the
+/// watchdog looks again and sets it for the current one (once per timeout, not per request).
 pub async fn watchdog(activity: &Activity, timers: Timers) -> Limit {
-    loop {
-        let changed = activity.changed.notified();
-        tokio::pin!(changed);
-        // Registered before the state is read, so a change in between is not missed.
-        changed.as_mut().enable();
-        let (deadline, limit) = if !activity.seen_request.load(Ordering::Relaxed) {
-            (
-                Some(activity.accepted + timers.first_head),
-                Limit::HeaderReadTimeout,
-            )
-        } else if activity.in_flight.load(Ordering::Acquire) > 0 {
-            (None, Limit::IdleTimeout)
-        } else if activity.next_head_begun() {
-            // Seen on the poll that follows the read: now is when the first byte came.
-            (
-                Some(Instant::now() + timers.first_head),
-                Limit::HeaderReadTimeout,
-            )
-        } else {
-            (Some(Instant::now() + timers.idle), Limit::IdleTimeout)
-        };
-        let idle = deadline.is_some() && limit == Limit::IdleTimeout;
-        let expired = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = &mut changed => {}
-            () = next_head(activity), if idle => {}
-            () = expired => return limit,
+    let mut look = Look {
+        kind: Kind::FirstHead,
+        since: activity.accepted,
+        epoch: activity.epoch.load(Ordering::Relaxed),
+    };
+    let first = activity.accepted + timers.first_head;
+    let timer = tokio::time::sleep_until(first);
+    let woken = activity.changed.notified();
+    tokio::pin!(timer, woken);
+    let mut armed = Some(first);
+    std::future::poll_fn(|cx| loop {
+        // HTTP/2 requests end in their own tasks, which wake this one.
+        if activity.multiplexed.load(Ordering::Relaxed) && woken.as_mut().poll(cx).is_ready() {
+            woken.set(activity.changed.notified());
+            continue;
         }
-    }
-}
-
-/// Resolves once a next head has begun. It registers no waker: see [`watchdog`].
-fn next_head(activity: &Activity) -> impl Future<Output = ()> + '_ {
-    std::future::poll_fn(move |_| {
-        if activity.next_head_begun() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        let Some((deadline, limit)) = look.deadline(activity, timers) else {
+            // A request is in flight: nothing to time. A timer still armed may fire; the
+            // watchdog then looks again, in vain.
+            return Poll::Pending;
+        };
+        if armed.is_none_or(|at| at > deadline) {
+            timer.as_mut().reset(deadline);
+            armed = Some(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(()) if Instant::now() >= deadline => return Poll::Ready(limit),
+            // An earlier deadline's timer: set it for this one.
+            Poll::Ready(()) => armed = None,
         }
     })
+    .await
+}
+
+/// What the watchdog last saw of its connection, and since when.
+struct Look {
+    kind: Kind,
+    since: Instant,
+    /// [`Activity::epoch`] then.
+    epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    FirstHead,
+    InFlight,
+    NextHead,
+    Idle,
+}
+
+impl Look {
+    /// The deadline the connection is under now, and the limit it breaks, or `None` while a
+    /// request is in flight. A change since the last look starts the clock anew: it happened
+    /// during the poll that came just before this look.
+    fn deadline(&mut self, activity: &Activity, timers: Timers) -> Option<(Instant, Limit)> {
+        let kind = if !activity.seen_request.load(Ordering::Relaxed) {
+            Kind::FirstHead
+        } else if activity.in_flight.load(Ordering::Acquire) > 0 {
+            Kind::InFlight
+        } else if activity.next_head_begun() {
+            Kind::NextHead
+        } else {
+            Kind::Idle
+        };
+        let epoch = activity.epoch.load(Ordering::Relaxed);
+        if kind != self.kind || epoch != self.epoch {
+            *self = Look {
+                kind,
+                since: Instant::now(),
+                epoch,
+            };
+        }
+        match kind {
+            Kind::FirstHead => Some((
+                activity.accepted + timers.first_head,
+                Limit::HeaderReadTimeout,
+            )),
+            Kind::InFlight => None,
+            Kind::NextHead => Some((self.since + timers.first_head, Limit::HeaderReadTimeout)),
+            Kind::Idle => Some((self.since + timers.idle, Limit::IdleTimeout)),
+        }
+    }
 }
 
 /// A connection's socket that tells its [`Activity`] when bytes arrive.

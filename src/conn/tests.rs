@@ -73,6 +73,25 @@ async fn a_request_in_flight_is_never_idle_however_long_it_streams() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_http2_request_ending_in_another_task_wakes_the_watchdog() {
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let in_flight = activity.request(Version::HTTP_2);
+    let watched = Arc::clone(&activity);
+    // The watchdog in a task of its own, as the connection's; the request ends in this one,
+    // as an h2 stream's task would end it.
+    let dog = tokio::spawn(async move { watchdog(&watched, TIMERS).await });
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    drop(in_flight);
+    let done = Instant::now();
+    let limit = tokio::time::timeout(TIMERS.idle * 2, dog).await;
+    assert!(
+        matches!(limit, Ok(Ok(Limit::IdleTimeout))),
+        "the watchdog was not woken: {limit:?}"
+    );
+    assert_eq!(done.elapsed(), TIMERS.idle);
+}
+
+#[tokio::test(start_paused = true)]
 async fn each_request_restarts_the_idle_timer() {
     let activity = Arc::new(Activity::new(Instant::now()));
     drop(activity.request(H1));
