@@ -31,29 +31,36 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers: the fixed list and every header that `Connection` names.
 ///
-/// One pass over the few names present decides what goes, rather than removing every listed
-/// name (each removal hashes the name): most messages carry none, and most of the rest only
-/// `Connection: keep-alive`. `Connection` is looked up once, and its tokens compared as bytes
-/// (a name is lowercase; a token matches it ignoring ASCII case).
+/// Most messages carry none, and most of the rest only `Connection: keep-alive` (nginx sends it
+/// on every response), so this is written for them: no allocation, `Connection` read once per
+/// removal, and its tokens compared with the names present only when it names anything but
+/// `keep-alive` (which the fixed list has). `Connection` itself goes last, once it has said
+/// what else goes.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let connection = headers.get_all(header::CONNECTION);
-    let listed = |name: &HeaderName| {
-        connection.iter().any(|value| {
-            value.as_bytes().split(|&b| b == b',').any(|token| {
-                token
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(name.as_str().as_bytes())
-            })
-        })
-    };
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name) || listed(name))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
+    while let Some(name) = next_hop_by_hop(headers) {
+        headers.remove(&name);
     }
+    headers.remove(header::CONNECTION);
+}
+
+/// A hop-by-hop header present, other than `Connection`.
+fn next_hop_by_hop(headers: &HeaderMap) -> Option<HeaderName> {
+    let connection = headers.get_all(header::CONNECTION);
+    let tokens = || {
+        connection
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive"))
+    };
+    let names_others = tokens().next().is_some();
+    let listed = |name: &HeaderName| {
+        names_others && tokens().any(|token| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+    };
+    headers
+        .keys()
+        .find(|&name| name != header::CONNECTION && (is_hop_by_hop(name) || listed(name)))
+        .cloned()
 }
 
 /// Removes `Content-Length` when the message also has `Transfer-Encoding` (RFC 9112 §6.3: the
