@@ -32,19 +32,11 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers: the fixed list and every header that `Connection` names.
 ///
 /// Most messages carry none, and most of the rest only `Connection: keep-alive` (nginx sends it
-/// on every response), so this is written for them: no allocation, `Connection` read once per
-/// removal, and its tokens compared with the names present only when it names anything but
-/// `keep-alive` (which the fixed list has). `Connection` itself goes last, once it has said
-/// what else goes.
+/// on every response), so this is written for them: one pass over the names present, which
+/// allocates only when it finds one to remove besides `Connection`, and compares `Connection`'s
+/// tokens with the names only when it names anything but `keep-alive` (which the fixed list
+/// has). `Connection` itself goes last, once it has said what else goes.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    while let Some(name) = next_hop_by_hop(headers) {
-        headers.remove(&name);
-    }
-    headers.remove(header::CONNECTION);
-}
-
-/// A hop-by-hop header present, other than `Connection`.
-fn next_hop_by_hop(headers: &HeaderMap) -> Option<HeaderName> {
     let connection = headers.get_all(header::CONNECTION);
     let tokens = || {
         connection
@@ -57,10 +49,15 @@ fn next_hop_by_hop(headers: &HeaderMap) -> Option<HeaderName> {
     let listed = |name: &HeaderName| {
         names_others && tokens().any(|token| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
     };
-    headers
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .find(|&name| name != header::CONNECTION && (is_hop_by_hop(name) || listed(name)))
+        .filter(|&name| name != header::CONNECTION && (is_hop_by_hop(name) || listed(name)))
         .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
 }
 
 /// Removes `Content-Length` when the message also has `Transfer-Encoding` (RFC 9112 §6.3: the
@@ -175,6 +172,20 @@ mod tests {
             );
         }
         m
+    }
+
+    #[test]
+    fn a_connection_value_that_is_not_text_is_still_obeyed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-private, \xff\xfe").unwrap(),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
     }
 
     #[test]

@@ -20,19 +20,25 @@ async fn a_silent_connection_is_cut_at_the_first_head_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_next_head_has_the_head_timeout_from_its_first_byte() {
-    let activity = Arc::new(Activity::new(Instant::now()));
-    drop(activity.request(H1));
-    let dog = watchdog(&activity, TIMERS);
-    tokio::pin!(dog);
-    // 55 s idle, then the first byte of a head: the idle timer gives way to the head timer,
-    // which runs past where the idle one would have ended.
-    assert!(tokio::time::timeout(Duration::from_secs(55), &mut dog)
-        .await
-        .is_err());
-    activity.received();
-    let first_byte = Instant::now();
-    assert_eq!(dog.await, Limit::HeaderReadTimeout);
-    assert_eq!(first_byte.elapsed(), TIMERS.first_head);
+    // 55 s idle: the head timer runs past where the idle one would have ended. 15 s idle: it
+    // ends before, and the armed idle timer is moved earlier.
+    for idle in [55, 15] {
+        let activity = Arc::new(Activity::new(Instant::now()));
+        drop(activity.request(H1));
+        let dog = watchdog(&activity, TIMERS);
+        tokio::pin!(dog);
+        assert!(tokio::time::timeout(Duration::from_secs(idle), &mut dog)
+            .await
+            .is_err());
+        activity.received();
+        let first_byte = Instant::now();
+        assert_eq!(dog.await, Limit::HeaderReadTimeout);
+        assert_eq!(
+            first_byte.elapsed(),
+            TIMERS.first_head,
+            "after {idle} s idle"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -89,6 +95,27 @@ async fn an_http2_request_ending_in_another_task_wakes_the_watchdog() {
         "the watchdog was not woken: {limit:?}"
     );
     assert_eq!(done.elapsed(), TIMERS.idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_ends_in_the_connections_own_poll_starts_the_idle_timer() {
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let in_flight = activity.request(H1);
+    // The connection: its request ends an hour in (long past the first-head deadline the
+    // timer was armed with), inside its own poll, waking nobody; then it waits.
+    let connection = async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(in_flight);
+        std::future::pending::<()>().await;
+    };
+    let start = Instant::now();
+    let limit = tokio::select! {
+        biased;
+        () = connection => unreachable!("the connection never ends"),
+        limit = watchdog(&activity, TIMERS) => limit,
+    };
+    assert_eq!(limit, Limit::IdleTimeout);
+    assert_eq!(start.elapsed(), Duration::from_secs(3600) + TIMERS.idle);
 }
 
 #[tokio::test(start_paused = true)]

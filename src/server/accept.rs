@@ -127,6 +127,9 @@ pub(super) fn serve(
             let service = {
                 let activity = Arc::clone(&activity);
                 service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    // Invariant: over HTTP/1.1 the guard ends in this connection's task (hyper's
+                    // dispatcher drops the response body it polls); the watchdog learns of it by
+                    // looking after that poll, not by being woken (`conn::watchdog`).
                     let in_flight = activity.request(request.version());
                     let upstream = slot.load_full();
                     async move {
