@@ -10,24 +10,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use nexus_sidecar::standin::{Api, Failure, StandIn};
-use support::fleet::{trust, Fleet, Ground, Replica};
+use nexus_sidecar::standin::{Api, Failure};
+use support::fleet::{trust, Fleet, Replica, World};
 use support::redis::Redis;
-use support::{credentials, upstream_toml, Http, Reply, PATIENCE, SECRET_MARK};
-use tokio::runtime::Runtime;
-
-/// One token endpoint (TLS, trusted through `ca_file`), one Redis, and the runtime both live
-/// on.
-struct World {
-    runtime: Runtime,
-    standin: StandIn,
-    redis: Redis,
-    dir: PathBuf,
-    http: Http,
-}
+use support::{credentials, upstream_toml, Reply, PATIENCE, SECRET_MARK};
 
 impl World {
     fn new() -> World {
@@ -35,74 +23,7 @@ impl World {
     }
 
     fn with(api: Api) -> World {
-        let ground = Ground::new("fleet");
-        let standin = ground.standin(api, credentials(api));
-        let Ground { runtime, dir, .. } = ground;
-        World {
-            runtime,
-            standin,
-            redis: Redis::start(),
-            dir,
-            http: Http::default(),
-        }
-    }
-
-    /// A replica's configuration: an admin port, the shared cache, and the stand-in as
-    /// upstream "api" with `auth` lines added.
-    fn config(&self, auth: &str) -> String {
-        self.config_timed("5s", auth)
-    }
-
-    /// The same, with the shared cache's `timeout`.
-    fn config_timed(&self, timeout: &str, auth: &str) -> String {
-        let trust = trust(&self.dir);
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{}\"\ntimeout = \"{timeout}\"\n\n{}",
-            self.redis.url(),
-            upstream_toml("api", &self.standin, &trust, auth)
-        )
-    }
-
-    fn fleet(&self, n: usize, auth: &str) -> Fleet {
-        let config = self.config(auth);
-        Fleet::start(n, |_| config.clone())
-    }
-
-    fn get(&self, replica: &Replica, path: &str) -> Reply {
-        self.runtime.block_on(self.http.get(&replica.app_url(path)))
-    }
-
-    /// `n` GETs through every replica at once; every reply.
-    fn burst(&self, fleet: &Fleet, n: usize) -> Vec<Reply> {
-        self.runtime.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (r, replica) in fleet.replicas.iter().enumerate() {
-                for i in 0..n {
-                    let (http, url) = (
-                        self.http.clone(),
-                        replica.app_url(&format!("/v1/x?r={r}&i={i}")),
-                    );
-                    tasks.spawn(async move { http.get(&url).await });
-                }
-            }
-            tasks.join_all().await
-        })
-    }
-
-    /// A replica's counter `shared_cache_events_total{event}` for upstream "api".
-    fn events(&self, replica: &Replica, event: &str) -> u64 {
-        let text = self.get_admin(replica, "/metrics").text();
-        let series = format!(
-            "nexus_sidecar_shared_cache_events_total{{upstream=\"api\",event=\"{event}\"}} "
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .map_or(0, |v| v.trim().parse().unwrap())
-    }
-
-    fn get_admin(&self, replica: &Replica, path: &str) -> Reply {
-        self.runtime
-            .block_on(self.http.get(&replica.admin_url(path)))
+        World::start("fleet", api, credentials(api), Redis::start())
     }
 
     /// How many times Redis ran `command` (from `INFO commandstats`).
@@ -267,9 +188,9 @@ fn when_the_lock_holder_dies_another_replica_takes_over_after_the_lock_expires()
     // long again as two Redis operations (2 × 1 s): 5 s.
     // `token_wait` is the default (5 s): the request waits past it for a token request in
     // flight, even another replica's.
-    let config = world.config_timed("1s", "prefetch = false\ntimeout = \"1s\"");
-    let mut holder = Replica::start(&write(&world, "holder.toml", &config));
-    let waiter = Replica::start(&write(&world, "waiter.toml", &config));
+    let config = world.config("timeout = \"1s\"", "prefetch = false\ntimeout = \"1s\"");
+    let mut holder = Replica::start(&world.write("holder.toml", &config));
+    let waiter = Replica::start(&world.write("waiter.toml", &config));
 
     // The holder takes the lock and sends its token request, which the endpoint holds; then
     // it dies with the lock held.
@@ -298,16 +219,16 @@ fn when_the_lock_holder_dies_another_replica_takes_over_after_the_lock_expires()
 fn when_the_lock_holder_dies_the_waiters_wait_for_the_one_that_takes_over_not_each_alone() {
     let world = World::new();
     // The fleet lock lives 2 × 6 s + 1 s + 2 × 1 s = 15 s here.
-    let config = world.config_timed(
-        "1s",
+    let config = world.config(
+        "timeout = \"1s\"",
         "prefetch = false\ntimeout = \"6s\"\ntoken_wait = \"60s\"",
     );
     // Well within the token request's timeout: the takeover's request is still held (not
     // failed, which would put the fleet in backoff) all through it, and released in time.
     let window = Duration::from_secs(2);
-    let mut holder = Replica::start(&write(&world, "holder.toml", &config));
+    let mut holder = Replica::start(&world.write("holder.toml", &config));
     let waiters: Vec<Replica> = (0..3)
-        .map(|i| Replica::start(&write(&world, &format!("waiter{i}.toml"), &config)))
+        .map(|i| Replica::start(&world.write(&format!("waiter{i}.toml"), &config)))
         .collect();
 
     // The holder takes the lock, its token request is held, and the waiters queue behind it.
@@ -390,10 +311,4 @@ fn different_credentials_never_share_an_entry() {
         2
     );
     assert_eq!(entries(&world.redis).len(), 2);
-}
-
-fn write(world: &World, name: &str, config: &str) -> PathBuf {
-    let path = world.dir.join(name);
-    std::fs::write(&path, config).unwrap();
-    path
 }

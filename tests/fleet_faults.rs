@@ -12,15 +12,13 @@ mod support;
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use nexus_sidecar::standin::{Api, StandIn};
-use support::fleet::{trust, Fleet, Ground, Replica};
+use nexus_sidecar::standin::Api;
+use support::fleet::{Fleet, Replica, World};
 use support::redis::{read_value, Redis, RespValue};
-use support::{credentials, replace, upstream_toml, Http, Reply, PATIENCE};
-use tokio::runtime::Runtime;
+use support::{credentials, replace, Reply, PATIENCE};
 
 /// How long a replica may take to find Redis again: its probe is spaced 1 s, then doubling up
 /// to 30 s, and one probe may meet a connection that has to be made again first.
@@ -31,58 +29,14 @@ const PASSWORD: &str = "rEd1s-pw-4f9c2e";
 /// Another, wrong for the server.
 const WRONG_PASSWORD: &str = "wr0ng-pw-81d7aa";
 
-/// One token endpoint (TLS, trusted through `ca_file`), one Redis, and the runtime both live
-/// on.
-struct World {
-    runtime: Runtime,
-    standin: StandIn,
-    redis: Redis,
-    dir: PathBuf,
-    http: Http,
-}
-
 impl World {
     fn new(redis: Redis) -> World {
-        let ground = Ground::new("fleet-faults");
-        let standin = ground.standin(Api::NuvyNexus, credentials(Api::NuvyNexus));
-        let Ground { runtime, dir, .. } = ground;
-        World {
-            runtime,
-            standin,
+        World::start(
+            "fleet-faults",
+            Api::NuvyNexus,
+            credentials(Api::NuvyNexus),
             redis,
-            dir,
-            http: Http::default(),
-        }
-    }
-
-    /// A replica's configuration: an admin port, `[shared_cache]` on `url` with `shared`
-    /// lines added, and the stand-in as upstream "api" with `auth` lines added.
-    fn config_on(&self, url: &str, shared: &str, auth: &str) -> String {
-        let trust = trust(&self.dir);
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{url}\"\n{shared}\n\n{}",
-            upstream_toml("api", &self.standin, &trust, auth)
         )
-    }
-
-    /// [`config_on`](World::config_on) this world's Redis.
-    fn config(&self, shared: &str, auth: &str) -> String {
-        self.config_on(&self.redis.url(), shared, auth)
-    }
-
-    fn write(&self, name: &str, config: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, config).unwrap();
-        path
-    }
-
-    fn get(&self, replica: &Replica, path: &str) -> Reply {
-        self.runtime.block_on(self.http.get(&replica.app_url(path)))
-    }
-
-    fn get_admin(&self, replica: &Replica, path: &str) -> Reply {
-        self.runtime
-            .block_on(self.http.get(&replica.admin_url(path)))
     }
 
     /// The replica's `/status` `shared_cache.state`.
@@ -92,23 +46,6 @@ impl World {
             .as_str()
             .unwrap_or_else(|| panic!("no shared_cache state: {status}"))
             .to_owned()
-    }
-
-    /// `n` GETs through every replica at once; every reply.
-    fn burst(&self, fleet: &Fleet, n: usize) -> Vec<Reply> {
-        self.runtime.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (r, replica) in fleet.replicas.iter().enumerate() {
-                for i in 0..n {
-                    let (http, url) = (
-                        self.http.clone(),
-                        replica.app_url(&format!("/v1/x?r={r}&i={i}")),
-                    );
-                    tasks.spawn(async move { http.get(&url).await });
-                }
-            }
-            tasks.join_all().await
-        })
     }
 
     /// How many clients are subscribed to `channel`.

@@ -17,16 +17,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use nexus_sidecar::standin::{Api, StandIn};
-use support::fleet::{trust, Fleet, Ground, Replica};
+use support::fleet::{Fleet, World};
 use support::redis::Redis;
-use support::{credentials, upstream_toml, within, Http, TOTP_SEED};
-use tokio::runtime::Runtime;
+use support::{credentials, within, Http, TOTP_SEED};
 
 /// The short tokens' lifetime (s). Retired at 90% (3.6 s) and refreshed 20-22% before that
 /// (from about 2.8 s): a refresh every 2.8 s, with 0.8 s for it to reach every replica before
@@ -46,16 +44,6 @@ const NEXUSHUB_REFRESH_GAP: Duration = Duration::from_millis(2000);
 /// rounds per short token, so every replica's every token is seen.
 const PACE: Duration = Duration::from_millis(50);
 
-/// One token endpoint (TLS, trusted through `ca_file`), one Redis, and the runtime both live
-/// on.
-struct World {
-    runtime: Runtime,
-    standin: StandIn,
-    redis: Redis,
-    dir: PathBuf,
-    http: Http,
-}
-
 /// What one request through one replica came back with.
 #[derive(Debug, Clone, Copy)]
 struct Served {
@@ -69,45 +57,12 @@ type Round = Vec<Served>;
 
 impl World {
     fn new(api: Api) -> World {
-        let ground = Ground::new("fleet-refresh");
         let mut c = credentials(api);
         if api == Api::Nexudus {
             // Signing in needs a TOTP code: only the password grant can show it was repeated.
             c = c.with_totp(TOTP_SEED);
         }
-        let standin = ground.standin(api, c);
-        let Ground { runtime, dir, .. } = ground;
-        World {
-            runtime,
-            standin,
-            redis: Redis::start(),
-            dir,
-            http: Http::default(),
-        }
-    }
-
-    /// `n` replicas, each with an admin port, the shared cache, and the stand-in as upstream
-    /// "api" with `auth` lines added.
-    fn fleet(&self, n: usize, auth: &str) -> Fleet {
-        let trust = trust(&self.dir);
-        let config = format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{}\"\ntimeout = \"5s\"\n\n{}",
-            self.redis.url(),
-            upstream_toml("api", &self.standin, &trust, auth)
-        );
-        Fleet::start(n, |_| config.clone())
-    }
-
-    /// A replica's counter `shared_cache_events_total{event}` for upstream "api".
-    fn events(&self, replica: &Replica, event: &str) -> u64 {
-        let url = replica.admin_url("/metrics");
-        let text = self.runtime.block_on(self.http.get(&url)).text();
-        let series = format!(
-            "nexus_sidecar_shared_cache_events_total{{upstream=\"api\",event=\"{event}\"}} "
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        World::start("fleet-refresh", api, c, Redis::start())
     }
 
     /// The counter summed over the fleet.

@@ -18,7 +18,8 @@ use nexus_sidecar::standin::{Credentials, StandIn};
 use nexus_sidecar::{standin::Api, Config};
 use tokio::runtime::Runtime;
 
-use super::{pki, temp_dir, PATIENCE};
+use super::redis::Redis;
+use super::{pki, temp_dir, upstream_toml, Http, Reply, PATIENCE};
 
 // --- What a fleet test stands on. -----------------------------------------------------------
 
@@ -61,6 +62,96 @@ impl Ground {
 /// The `ca_file` line for the `ca.pem` in `dir`.
 pub fn trust(dir: &Path) -> String {
     format!("ca_file = \"{}\"", dir.join("ca.pem").display())
+}
+
+/// What a fleet test drives: one token endpoint (TLS, trusted through `ca_file`), one Redis,
+/// the runtime they live on, and an HTTP client for the replicas.
+pub struct World {
+    pub runtime: Runtime,
+    pub standin: StandIn,
+    pub redis: Redis,
+    pub dir: PathBuf,
+    pub http: Http,
+}
+
+impl World {
+    pub fn start(tag: &str, api: Api, credentials: Credentials, redis: Redis) -> World {
+        let ground = Ground::new(tag);
+        let standin = ground.standin(api, credentials);
+        let Ground { runtime, dir, .. } = ground;
+        World {
+            runtime,
+            standin,
+            redis,
+            dir,
+            http: Http::default(),
+        }
+    }
+
+    /// A replica's configuration: an admin port, `[shared_cache]` on `url` with `shared`
+    /// lines added, and the stand-in as upstream "api" with `auth` lines added.
+    pub fn config_on(&self, url: &str, shared: &str, auth: &str) -> String {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[shared_cache]\nurl = \"{url}\"\n{shared}\n\n{}",
+            upstream_toml("api", &self.standin, &trust(&self.dir), auth)
+        )
+    }
+
+    /// [`config_on`](World::config_on) this world's Redis.
+    pub fn config(&self, shared: &str, auth: &str) -> String {
+        self.config_on(&self.redis.url(), shared, auth)
+    }
+
+    /// `n` replicas on one configuration, with a generous Redis `timeout` (a busy machine
+    /// must not turn a slow answer into a fallback, and a second token request).
+    pub fn fleet(&self, n: usize, auth: &str) -> Fleet {
+        let config = self.config("timeout = \"5s\"", auth);
+        Fleet::start(n, |_| config.clone())
+    }
+
+    /// Writes `config` as `name` in the scratch directory.
+    pub fn write(&self, name: &str, config: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    pub fn get(&self, replica: &Replica, path: &str) -> Reply {
+        self.runtime.block_on(self.http.get(&replica.app_url(path)))
+    }
+
+    pub fn get_admin(&self, replica: &Replica, path: &str) -> Reply {
+        self.runtime
+            .block_on(self.http.get(&replica.admin_url(path)))
+    }
+
+    /// `n` GETs through every replica at once; every reply.
+    pub fn burst(&self, fleet: &Fleet, n: usize) -> Vec<Reply> {
+        self.runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (r, replica) in fleet.replicas.iter().enumerate() {
+                for i in 0..n {
+                    let (http, url) = (
+                        self.http.clone(),
+                        replica.app_url(&format!("/v1/x?r={r}&i={i}")),
+                    );
+                    tasks.spawn(async move { http.get(&url).await });
+                }
+            }
+            tasks.join_all().await
+        })
+    }
+
+    /// A replica's counter `shared_cache_events_total{event}` for upstream "api".
+    pub fn events(&self, replica: &Replica, event: &str) -> u64 {
+        let text = self.get_admin(replica, "/metrics").text();
+        let series = format!(
+            "nexus_sidecar_shared_cache_events_total{{upstream=\"api\",event=\"{event}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
 }
 
 // --- A child process and its output. --------------------------------------------------------
