@@ -102,7 +102,9 @@ pub struct Buffered {
 #[derive(Debug)]
 pub enum ProxyBody {
     /// A complete body (possibly empty); sent as one data frame, then its trailers if any.
-    Full(Option<Bytes>, Option<HeaderMap>),
+    /// The trailers are boxed: rare, and hyper's client queues each request in a slot as large
+    /// as the largest `Request<ProxyBody>` (32 slots a block, a block or two per connection).
+    Full(Option<Bytes>, Option<Box<HeaderMap>>),
     /// Bytes already read from the application, then the rest of its stream.
     Streaming {
         prefix: Option<Bytes>,
@@ -138,7 +140,7 @@ impl ProxyBody {
     /// A body read whole from the application, with its trailers.
     pub fn buffered(body: Buffered) -> ProxyBody {
         let data = (!body.data.is_empty()).then_some(body.data);
-        ProxyBody::Full(data, body.trailers)
+        ProxyBody::Full(data, body.trailers.map(Box::new))
     }
 }
 
@@ -155,7 +157,7 @@ impl Body for ProxyBody {
                 bytes
                     .take()
                     .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
                     .map(Ok),
             ),
             ProxyBody::Streaming {

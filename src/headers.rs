@@ -94,18 +94,27 @@ pub fn te_is_only_trailers(headers: &HeaderMap) -> bool {
 /// Hop-by-hop headers go, except `TE: trailers`, which is forwarded as exactly that value (the
 /// only one h2 allows; and without a `Connection: te`, which h2 forbids). A `Content-Length`
 /// beside `Transfer-Encoding` goes too (hyper's server already drops it from requests; this
-/// keeps the rule from depending on that). `Host` is removed because the upstream client
-/// writes it (and h2's `:authority`) from the target URI. The application's `Authorization` is
+/// keeps the rule from depending on that). `Host` becomes `host`, the target's (written once per
+/// upstream, so the client need not format it per request); with `None` it is removed and the
+/// client writes it from the target URI. The application's `Authorization` is
 /// removed when the sidecar authenticates: the app never decides which credentials reach the
 /// API. Static headers replace any of the same name the app sent.
-pub fn prepare_request(headers: &mut HeaderMap, extra: &HeaderMap, authenticates: bool) {
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    host: Option<&HeaderValue>,
+    extra: &HeaderMap,
+    authenticates: bool,
+) {
     let trailers = te_is_only_trailers(headers);
     remove_length_beside_transfer_encoding(headers);
     remove_hop_by_hop(headers);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers.remove(header::HOST);
+    match host {
+        Some(host) => headers.insert(header::HOST, host.clone()),
+        None => headers.remove(header::HOST),
+    };
     if authenticates {
         headers.remove(header::AUTHORIZATION);
     }
@@ -310,14 +319,14 @@ mod tests {
         // `Connection: TE` (which RFC 9110 asks an HTTP/1.1 sender of TE to add) does not stop
         // it: it is about the app's hop, and h2 forbids `Connection` on the next.
         let mut h = map(&[("te", "Trailers"), ("connection", "TE"), ("x-a", "1")]);
-        prepare_request(&mut h, &HeaderMap::new(), true);
+        prepare_request(&mut h, None, &HeaderMap::new(), true);
         assert_eq!(h.get_all("te").iter().collect::<Vec<_>>(), ["trailers"]);
         assert!(h.get("connection").is_none());
         assert_eq!(h["x-a"], "1");
 
         for te in ["gzip", "trailers, gzip", "deflate;q=0.5, trailers"] {
             let mut h = map(&[("te", te)]);
-            prepare_request(&mut h, &HeaderMap::new(), true);
+            prepare_request(&mut h, None, &HeaderMap::new(), true);
             assert!(h.is_empty(), "{te}: {h:?}");
         }
     }
@@ -325,11 +334,11 @@ mod tests {
     #[test]
     fn prepare_drops_a_length_beside_transfer_encoding() {
         let mut h = map(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
-        prepare_request(&mut h, &HeaderMap::new(), true);
+        prepare_request(&mut h, None, &HeaderMap::new(), true);
         assert!(h.is_empty(), "{h:?}");
         // A length alone is the body's framing and stays.
         let mut h = map(&[("content-length", "5")]);
-        prepare_request(&mut h, &HeaderMap::new(), true);
+        prepare_request(&mut h, None, &HeaderMap::new(), true);
         assert_eq!(h["content-length"], "5");
     }
 
@@ -375,18 +384,26 @@ mod tests {
             ("accept", "application/json"),
         ]);
         let extra = map(&[("request_iso8601", "true")]);
-        prepare_request(&mut h, &extra, true);
+        prepare_request(&mut h, None, &extra, true);
         assert!(h.get("host").is_none());
         assert!(h.get("authorization").is_none());
         assert_eq!(h.get_all("request_iso8601").iter().count(), 1);
         assert_eq!(h["request_iso8601"], "true");
         assert_eq!(h["accept"], "application/json");
+
+        let mut h = map(&[("host", "127.0.0.1:8081"), ("host", "again")]);
+        let target = HeaderValue::from_static("api.example:8443");
+        prepare_request(&mut h, Some(&target), &extra, true);
+        assert_eq!(
+            h.get_all("host").iter().collect::<Vec<_>>(),
+            ["api.example:8443"]
+        );
     }
 
     #[test]
     fn prepare_keeps_the_apps_authorization_when_not_authenticating() {
         let mut h = map(&[("authorization", "Bearer app")]);
-        prepare_request(&mut h, &HeaderMap::new(), false);
+        prepare_request(&mut h, None, &HeaderMap::new(), false);
         assert_eq!(h["authorization"], "Bearer app");
     }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -35,6 +35,8 @@ pub struct Upstream {
     /// The bound listen address (port 0 resolved).
     pub listen: SocketAddr,
     target: Target,
+    /// The upstream request's `Host`, from `target`; `None` leaves it to the client.
+    host: Option<HeaderValue>,
     headers: HeaderMap,
     retry_on: Vec<StatusCode>,
     max_replay_body: u64,
@@ -69,6 +71,7 @@ impl Upstream {
             listen: local,
             name: config.name.as_str().into(),
             target: config.target.clone(),
+            host: host_header(&config.target),
             headers: config.headers.clone(),
             retry_on: config.retry_on.clone(),
             max_replay_body: config.max_replay_body,
@@ -172,7 +175,12 @@ where
     let (mut parts, body) = request.into_parts();
     route(up, &parts)?;
     let uri = upstream_uri(&up.target, &parts.uri)?;
-    headers::prepare_request(&mut parts.headers, &up.headers, up.tokens.authenticates());
+    headers::prepare_request(
+        &mut parts.headers,
+        up.host.as_ref(),
+        &up.headers,
+        up.tokens.authenticates(),
+    );
     let body = body::prepare(body, up.max_replay_body, &up.body_limits).await?;
     let token = up.tokens.token().await?;
 
@@ -277,6 +285,21 @@ fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
     Uri::from_parts(parts).map_err(|_| ProxyError::BadTarget)
 }
 
+/// The target's `Host`: its authority, without the scheme's default port, as hyper's client
+/// would write it for every request (formatting it each time). `None` only if the authority
+/// were not a valid header value, which the URI parser already rules out.
+fn host_header(target: &Target) -> Option<HeaderValue> {
+    let default_port = match target.scheme == Scheme::HTTPS {
+        true => 443,
+        false => 80,
+    };
+    let host = match target.authority.port_u16() {
+        Some(port) if port != default_port => target.authority.as_str(),
+        _ => target.authority.host(),
+    };
+    HeaderValue::from_str(host).ok()
+}
+
 /// One attempt upstream, bounded by `request_timeout` until the response headers arrive.
 async fn send(
     up: &Upstream,
@@ -339,7 +362,6 @@ fn respond(response: Response<Incoming>, replayed: bool) -> Result<Outcome, Prox
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use http::uri::Scheme;
 
     fn target(base: &str) -> Target {
         Target {
@@ -363,6 +385,25 @@ mod tests {
         let mut own = HeaderMap::new();
         own.insert(X_REQUEST_ID, http::HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&mut own), "abc-123");
+    }
+
+    #[test]
+    fn host_is_the_authority_without_the_default_port() {
+        let host = |scheme: Scheme, authority: &'static str| {
+            let target = Target {
+                scheme,
+                authority: Authority::from_static(authority),
+                base_path: String::new(),
+            };
+            host_header(&target).unwrap()
+        };
+        assert_eq!(host(Scheme::HTTPS, "api.example"), "api.example");
+        assert_eq!(host(Scheme::HTTPS, "api.example:443"), "api.example");
+        assert_eq!(host(Scheme::HTTPS, "api.example:80"), "api.example:80");
+        assert_eq!(host(Scheme::HTTP, "127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(host(Scheme::HTTP, "127.0.0.1:9000"), "127.0.0.1:9000");
+        assert_eq!(host(Scheme::HTTP, "[::1]:9000"), "[::1]:9000");
+        assert_eq!(host(Scheme::HTTPS, "[::1]:443"), "[::1]");
     }
 
     #[test]

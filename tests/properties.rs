@@ -1502,7 +1502,7 @@ proptest! {
     }
 
     /// The upstream request: no hop-by-hop header but `TE: trailers` (exactly that, exactly
-    /// when the app asked for trailers only), no `Host`, no app `Authorization` when the
+    /// when the app asked for trailers only), `Host` the target's or none, no app `Authorization` when the
     /// sidecar authenticates, the static headers exactly as configured, every other app
     /// header unchanged; bounded by what went in.
     #[test]
@@ -1519,9 +1519,12 @@ proptest! {
             m
         }),
         authenticates in any::<bool>(),
+        with_host in any::<bool>(),
     ) {
         let mut headers = original.clone();
-        prepare_request(&mut headers, &extra, authenticates);
+        let target = HeaderValue::from_static("api.example:8443");
+        let host = with_host.then_some(&target);
+        prepare_request(&mut headers, host, &extra, authenticates);
         let trailers = te_is_only_trailers(&original);
         for name in headers.keys() {
             prop_assert!(!is_hop_by_hop(name) || *name == header::TE, "{name} forwarded");
@@ -1531,7 +1534,10 @@ proptest! {
         } else {
             prop_assert!(!headers.contains_key(header::TE));
         }
-        prop_assert!(!headers.contains_key(header::HOST));
+        match host {
+            Some(host) => prop_assert_eq!(values(&headers, &header::HOST), vec![host.clone()]),
+            None => prop_assert!(!headers.contains_key(header::HOST)),
+        }
         if authenticates {
             prop_assert!(!headers.contains_key(header::AUTHORIZATION));
         }
@@ -1539,11 +1545,10 @@ proptest! {
             prop_assert_eq!(values(&headers, name), values(&extra, name));
         }
         for name in original.keys() {
-            if extra.contains_key(name) || *name == header::TE {
+            if extra.contains_key(name) || *name == header::TE || *name == header::HOST {
                 continue;
             }
             let dropped = dropped_hop_by_hop(&original, name)
-                || *name == header::HOST
                 || (authenticates && *name == header::AUTHORIZATION);
             if dropped {
                 prop_assert!(!headers.contains_key(name), "{name} kept");
@@ -1551,7 +1556,7 @@ proptest! {
                 prop_assert_eq!(values(&headers, name), values(&original, name));
             }
         }
-        prop_assert!(headers.len() <= original.len() + extra.len() + 1);
+        prop_assert!(headers.len() <= original.len() + extra.len() + 2);
     }
 
     /// Whatever the static headers hold (the configuration refuses some; the function must not
@@ -1561,13 +1566,16 @@ proptest! {
         original in header_map(12),
         extra in header_map(6),
         authenticates in any::<bool>(),
+        with_host in any::<bool>(),
     ) {
         let mut headers = original.clone();
-        prepare_request(&mut headers, &extra, authenticates);
+        let target = HeaderValue::from_static("api.example:8443");
+        let host = with_host.then_some(&target);
+        prepare_request(&mut headers, host, &extra, authenticates);
         for name in extra.keys() {
             prop_assert_eq!(values(&headers, name), values(&extra, name));
         }
-        prop_assert!(headers.len() <= original.len() + extra.len() + 1);
+        prop_assert!(headers.len() <= original.len() + extra.len() + 2);
     }
 
     /// `remove_hop_by_hop` leaves none and is idempotent; `remove_length_beside_transfer_encoding`
