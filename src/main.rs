@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nexus_sidecar::cli::{self, EXIT_FAILURE, EXIT_USAGE};
 use nexus_sidecar::config::{Config, LogFormat};
+use nexus_sidecar::logline::PlainLine;
 use nexus_sidecar::Sidecar;
 use tracing_subscriber::EnvFilter;
 
@@ -244,7 +245,8 @@ fn init_logging(level: &str, format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text if ansi => builder.init(),
+        LogFormat::Text => builder.event_format(PlainLine).init(),
     }
 }
 

@@ -1,0 +1,198 @@
+//! The text log line for collectors: tracing-subscriber's default line, without its styling.
+//!
+//! With `[log] format = "text"` and stderr not a terminal, every request writes one line like
+//!
+//! ```text
+//! 2026-11-30T04:16:00.123456Z  INFO nexus_sidecar::proxy: request upstream="api" status=200
+//! ```
+//!
+//! The default formatter writes the same, but passes every level, target, field name and `=`
+//! through its colour machinery even when colours are off, and formats the time field by field:
+//! about 12,000 instructions a line, a quarter of a proxied request (callgrind). This writes
+//! each part once. A terminal still gets the default, coloured format.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// `time LEVEL span{fields}:…: target: message key=value …`, as the default format without
+/// colours: strings quoted, everything else as its `Debug`, `%value` fields as their `Display`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainLine;
+
+impl<S, N> FormatEvent<S, N> for PlainLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        write!(
+            writer,
+            "{} {:>5} ",
+            humantime::format_rfc3339_micros(SystemTime::now()),
+            meta.level()
+        )?;
+        // The sidecar opens no spans today; should one appear, it is shown as the default does.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                writer.write_str(span.name())?;
+                if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(writer, "{{{fields}}}")?;
+                    }
+                }
+                writer.write_char(':')?;
+            }
+            writer.write_char(' ')?;
+        }
+        writer.write_str(meta.target())?;
+        writer.write_char(':')?;
+        let mut fields = Fields {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// Writes ` message key=value …` in the order the event names them.
+struct Fields<'w, 'a> {
+    writer: &'w mut Writer<'a>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    /// ` name=`; the message has no name.
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        let name = field.name();
+        if name == "message" {
+            return self.writer.write_char(' ');
+        }
+        self.writer.write_char(' ')?;
+        self.writer
+            .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+        self.writer.write_char('=')
+    }
+
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.name(field).and_then(|()| value(self.writer));
+        }
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, |w| {
+            // What `{:?}` writes, without its per-character escaping when there is none to do.
+            let plain = value
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+            match plain {
+                true => write!(w, "\"{value}\""),
+                false => write!(w, "{value:?}"),
+            }
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, |w| write!(w, "{value:?}"));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines `emit` logs, through `format` or (with `None`) the default format.
+    fn lines(plain: bool, emit: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || out.clone());
+        match plain {
+            true => {
+                tracing::subscriber::with_default(builder.event_format(PlainLine).finish(), emit)
+            }
+            false => tracing::subscriber::with_default(builder.finish(), emit),
+        }
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn emit() {
+        let method = http::Method::GET;
+        tracing::info!(upstream = "api", %method, path = "/v1/a \"b\"", status = 200u16, duration_ms = 3u64, replayed = false, "request");
+        tracing::warn!(r#type = "x", error = %"boom: it failed", "request failed");
+        tracing::info!(
+            delta = -3i64,
+            note = "café\t",
+            back = "a\\b",
+            empty = "",
+            "escapes"
+        );
+        let span = tracing::info_span!("reload", generation = 2);
+        span.in_scope(|| tracing::info!(ok = true, "applied"));
+    }
+
+    /// Everything after the timestamp, which differs between two runs.
+    fn untimed(text: &str) -> Vec<&str> {
+        text.lines().map(|l| l.split_once(' ').unwrap().1).collect()
+    }
+
+    #[test]
+    fn the_plain_line_is_the_default_line_without_colours() {
+        let plain = lines(true, emit);
+        let default = lines(false, emit);
+        assert_eq!(untimed(&plain), untimed(&default), "{plain}\n{default}");
+        assert_eq!(
+            untimed(&plain)[0],
+            r#" INFO nexus_sidecar::logline::tests: request upstream="api" method=GET path="/v1/a \"b\"" status=200 duration_ms=3 replayed=false"#
+        );
+        let time = plain.split(' ').next().unwrap();
+        let parsed = humantime::parse_rfc3339(time).unwrap();
+        assert!(parsed <= SystemTime::now());
+    }
+}
