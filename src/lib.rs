@@ -27,7 +27,7 @@
 //! - [`error`]: the sidecar's own failures and their JSON responses.
 //! - [`metrics`]: Prometheus metrics, recorded without locks.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics` on the admin listener.
-//! - [`logline`]: the plain text log line (one per request at `info`), written cheaply.
+//! - [`logline`]: the text and JSON log lines (one per request at `info`), written cheaply.
 //! - [`standin`]: local stand-ins for the five token APIs and an API behind them, used by
 //!   `demo` and the tests.
 //! - [`demo`]: `nexus-sidecar demo`, the product running against the stand-ins.

@@ -1,4 +1,5 @@
-//! The text log line for collectors: tracing-subscriber's default line, without its styling.
+//! Log lines for collectors, written directly: the text line when stderr is no terminal, and
+//! the JSON line ([`JsonLine`]).
 //!
 //! With `[log] format = "text"` and stderr not a terminal, every request writes one line like
 //!
@@ -13,6 +14,9 @@
 
 use std::fmt;
 use std::time::SystemTime;
+
+mod json;
+pub use json::JsonLine;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -58,33 +62,53 @@ where
         }
         writer.write_str(meta.target())?;
         writer.write_char(':')?;
-        let mut fields = Fields {
-            writer: &mut writer,
-            result: Ok(()),
-        };
+        let mut fields = Fields::new(&mut writer, Style::Text);
         event.record(&mut fields);
         fields.result?;
         writer.write_char('\n')
     }
 }
 
-/// Writes ` message key=value …` in the order the event names them.
+/// How a line writes its fields: ` message key=value` or `,"key":value`.
+#[derive(Clone, Copy, PartialEq)]
+enum Style {
+    Text,
+    Json,
+}
+
+/// Writes an event's fields in the order the event names them.
 struct Fields<'w, 'a> {
     writer: &'w mut Writer<'a>,
+    style: Style,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    /// ` name=`; the message has no name.
+impl<'w, 'a> Fields<'w, 'a> {
+    fn new(writer: &'w mut Writer<'a>, style: Style) -> Self {
+        Fields {
+            writer,
+            style,
+            result: Ok(()),
+        }
+    }
+
+    /// ` name=` (the message has none), or `,"name":`.
     fn name(&mut self, field: &Field) -> fmt::Result {
         let name = field.name();
-        if name == "message" {
-            return self.writer.write_char(' ');
+        match self.style {
+            Style::Json => {
+                self.writer.write_char(',')?;
+                json::string(self.writer, name)?;
+                self.writer.write_char(':')
+            }
+            Style::Text if name == "message" => self.writer.write_char(' '),
+            Style::Text => {
+                self.writer.write_char(' ')?;
+                self.writer
+                    .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                self.writer.write_char('=')
+            }
         }
-        self.writer.write_char(' ')?;
-        self.writer
-            .write_str(name.strip_prefix("r#").unwrap_or(name))?;
-        self.writer.write_char('=')
     }
 
     fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
@@ -96,14 +120,18 @@ impl Fields<'_, '_> {
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |w| {
-            // What `{:?}` writes, without its per-character escaping when there is none to do.
-            let plain = value
-                .bytes()
-                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
-            match plain {
-                true => write!(w, "\"{value}\""),
-                false => write!(w, "{value:?}"),
+        let style = self.style;
+        self.field(field, |w| match style {
+            Style::Json => json::string(w, value),
+            Style::Text => {
+                // What `{:?}` writes, without its per-character escaping when there is none.
+                let plain = value
+                    .bytes()
+                    .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+                match plain {
+                    true => write!(w, "\"{value}\""),
+                    false => write!(w, "{value:?}"),
+                }
             }
         });
     }
@@ -120,20 +148,38 @@ impl Visit for Fields<'_, '_> {
         self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        match self.style {
+            Style::Json => self.field(field, |w| json::number(w, value)),
+            Style::Text => self.record_debug(field, &value),
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |w| write!(w, "{value:?}"));
+        let style = self.style;
+        self.field(field, |w| match style {
+            Style::Json => json::debug(w, value),
+            Style::Text => write!(w, "{value:?}"),
+        });
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io;
     use std::sync::{Arc, Mutex};
 
+    /// A log writer's output, kept for a test to read.
     #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Buffer {
+        pub(super) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
 
     impl io::Write for Buffer {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -158,8 +204,7 @@ mod tests {
             }
             false => tracing::subscriber::with_default(builder.finish(), emit),
         }
-        let bytes = buffer.0.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
+        buffer.text()
     }
 
     fn emit() {
@@ -168,6 +213,7 @@ mod tests {
         tracing::warn!(r#type = "x", error = %"boom: it failed", "request failed");
         tracing::info!(
             delta = -3i64,
+            ratio = 0.25,
             note = "café\t",
             back = "a\\b",
             empty = "",

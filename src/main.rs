@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nexus_sidecar::cli::{self, EXIT_FAILURE, EXIT_USAGE};
 use nexus_sidecar::config::{Config, LogFormat};
-use nexus_sidecar::logline::PlainLine;
+use nexus_sidecar::logline::{JsonLine, PlainLine};
 use nexus_sidecar::Sidecar;
 use tracing_subscriber::EnvFilter;
 
@@ -244,7 +244,11 @@ fn init_logging(level: &str, format: LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .event_format(JsonLine::default())
+            .init(),
         LogFormat::Text if ansi => builder.init(),
         LogFormat::Text => builder.event_format(PlainLine).init(),
     }

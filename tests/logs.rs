@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use nexus_sidecar::logline::JsonLine;
 use nexus_sidecar::standin::{Api, Credentials, StandIn};
 use serde_json::Value;
 use support::*;
@@ -96,6 +97,7 @@ fn capture() -> Capture {
                 .with_writer(move || writer.clone())
                 .json()
                 .flatten_event(true)
+                .event_format(JsonLine::default())
                 .init();
             capture
         })

@@ -14,6 +14,7 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use nexus_sidecar::logline::{JsonLine, PlainLine};
 use nexus_sidecar::standin::{Api, Credentials, StandIn};
 use support::*;
 use tracing::Level;
@@ -46,10 +47,12 @@ fn global_capture() -> Capture {
         .get_or_init(|| {
             let capture = Capture::default();
             let writer = capture.clone();
+            // As `main.rs` logs `format = "text"` to anything but a terminal.
             tracing_subscriber::fmt()
                 .with_max_level(Level::DEBUG)
                 .with_ansi(false)
                 .with_writer(move || writer.clone())
+                .event_format(PlainLine)
                 .init();
             capture
         })
@@ -174,6 +177,7 @@ async fn no_secret_or_token_in_json_logs() {
         .with_writer(move || writer.clone())
         .json()
         .flatten_event(true)
+        .event_format(JsonLine::default())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     scenario(&capture).await;
