@@ -13,14 +13,16 @@
 //! each part once. A terminal still gets the default, coloured format.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 mod json;
 pub use json::JsonLine;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -40,13 +42,12 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        write!(
-            writer,
-            "{} {:>5} ",
-            humantime::format_rfc3339_micros(SystemTime::now()),
-            meta.level()
-        )?;
+        // Events from the `log` crate carry their own target in fields; show it as the default
+        // does. (No dependency logs through `log` today.)
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        timestamp(&mut writer)?;
+        write!(writer, " {:>5} ", meta.level())?;
         // The sidecar opens no spans today; should one appear, it is shown as the default does.
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
@@ -66,6 +67,53 @@ where
         event.record(&mut fields);
         fields.result?;
         writer.write_char('\n')
+    }
+}
+
+/// Now, as RFC 3339 with microseconds. humantime writes it at a fraction of the cost of the
+/// default timer, but only for years 1970 to 9999; outside them, the default timer does.
+fn timestamp(w: &mut Writer<'_>) -> fmt::Result {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let now = SystemTime::now();
+    match now.duration_since(UNIX_EPOCH) {
+        Ok(since) if since.as_secs() < YEAR_10000 => {
+            write!(w, "{}", humantime::format_rfc3339_micros(now))
+        }
+        _ => tracing_subscriber::fmt::time::SystemTime.format_time(w),
+    }
+}
+
+/// Passes text on with the characters that could drive a terminal escaped, as the default
+/// format does for messages and errors: ESC, BEL, BS, FF, DEL and the C1 controls.
+struct Sanitized<'w, 'a>(&'w mut Writer<'a>);
+
+impl fmt::Write for Sanitized<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (i, c) in s.char_indices() {
+            if !matches!(
+                c,
+                '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
+            ) {
+                continue;
+            }
+            self.0.write_str(&s[plain..i])?;
+            match c {
+                '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+                c => write!(self.0, "\\x{:02x}", c as u32)?,
+            }
+            plain = i + c.len_utf8();
+        }
+        self.0.write_str(&s[plain..])
+    }
+}
+
+/// Writes `value`, sanitized when the writer asks for it.
+fn sanitized(w: &mut Writer<'_>, value: fmt::Arguments<'_>) -> fmt::Result {
+    match w.sanitizes_ansi_escapes() {
+        true => fmt::write(&mut Sanitized(w), value),
+        false => w.write_fmt(value),
     }
 }
 
@@ -112,6 +160,10 @@ impl<'w, 'a> Fields<'w, 'a> {
     }
 
     fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        // A `log` record's metadata, already in the line's target (the JSON line keeps them).
+        if self.style == Style::Text && field.name().starts_with("log.") {
+            return;
+        }
         if self.result.is_ok() {
             self.result = self.name(field).and_then(|()| value(self.writer));
         }
@@ -121,6 +173,9 @@ impl<'w, 'a> Fields<'w, 'a> {
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         let style = self.style;
+        if style == Style::Text && field.name() == "message" {
+            return self.record_debug(field, &format_args!("{value}"));
+        }
         self.field(field, |w| match style {
             Style::Json => json::string(w, value),
             Style::Text => {
@@ -155,10 +210,36 @@ impl Visit for Fields<'_, '_> {
         }
     }
 
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.style == Style::Json {
+            return self.record_debug(field, &format_args!("{value}"));
+        }
+        // `error=outer error.sources=[inner, …]`, every part sanitized, as the default writes it.
+        let name = field.name();
+        self.field(field, |w| {
+            sanitized(w, format_args!("{value}"))?;
+            let Some(mut source) = value.source() else {
+                return Ok(());
+            };
+            write!(w, " {name}.sources=[")?;
+            loop {
+                sanitized(w, format_args!("{source}"))?;
+                match source.source() {
+                    Some(next) => source = next,
+                    None => break,
+                }
+                w.write_str(", ")?;
+            }
+            w.write_char(']')
+        });
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let style = self.style;
+        let message = field.name() == "message";
         self.field(field, |w| match style {
             Style::Json => json::debug(w, value),
+            Style::Text if message => sanitized(w, format_args!("{value:?}")),
             Style::Text => write!(w, "{value:?}"),
         });
     }
@@ -221,6 +302,49 @@ pub(crate) mod tests {
         );
         let span = tracing::info_span!("reload", generation = 2);
         span.in_scope(|| tracing::info!(ok = true, "applied"));
+        awkward();
+    }
+
+    /// An error and its chain of sources.
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl fmt::Display for Chain {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    /// Events whose lines are easy to get wrong: terminal controls in a message, a message
+    /// given as a string, errors with and without sources, a record from the `log` crate.
+    pub(super) fn awkward() {
+        use tracing_log::log;
+        tracing::warn!("esc \x1b[31mred\x07 del\x7f c1\u{85} bs\x08 ff\x0c done");
+        let text = "a str message \x1b";
+        tracing::info!(message = text, k = 1);
+        let inner = Chain("inner \x07", None);
+        let chain = Chain(
+            "outer \x1b",
+            Some(Box::new(Chain("middle", Some(Box::new(inner))))),
+        );
+        let error: &(dyn std::error::Error + 'static) = &chain;
+        tracing::error!(error, "failed");
+        let alone: &(dyn std::error::Error + 'static) = &Chain("alone", None);
+        tracing::error!(error = alone, "failed");
+        log::Log::log(
+            &tracing_log::LogTracer::new(),
+            &log::Record::builder()
+                .args(format_args!("from log {}", 1))
+                .level(log::Level::Warn)
+                .target("mylog")
+                .build(),
+        );
     }
 
     /// Everything after the timestamp, which differs between two runs.
@@ -233,6 +357,12 @@ pub(crate) mod tests {
         let plain = lines(true, emit);
         let default = lines(false, emit);
         assert_eq!(untimed(&plain), untimed(&default), "{plain}\n{default}");
+        assert_eq!(untimed(&plain).len(), 9, "{plain}");
+        assert!(
+            plain.contains(r"esc \x1b[31mred\x07 del\x7f c1\u{85}"),
+            "{plain}"
+        );
+        assert!(plain.contains("mylog: from log 1\n"), "{plain}");
         assert_eq!(
             untimed(&plain)[0],
             r#" INFO nexus_sidecar::logline::tests: request upstream="api" method=GET path="/v1/a \"b\"" status=200 duration_ms=3 replayed=false"#

@@ -244,11 +244,8 @@ fn init_logging(level: &str, format: LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .event_format(JsonLine::default())
-            .init(),
+        // `json()` formats span fields (should there be spans); JsonLine writes the line.
+        LogFormat::Json => builder.json().event_format(JsonLine::default()).init(),
         LogFormat::Text if ansi => builder.init(),
         LogFormat::Text => builder.event_format(PlainLine).init(),
     }

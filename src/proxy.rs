@@ -285,19 +285,20 @@ fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
     Uri::from_parts(parts).map_err(|_| ProxyError::BadTarget)
 }
 
-/// The target's `Host`: its authority, without the scheme's default port, as hyper's client
-/// would write it for every request (formatting it each time). `None` only if the authority
-/// were not a valid header value, which the URI parser already rules out.
+/// The target's `Host`, written once per upstream rather than formatted by the client for
+/// every request: its authority exactly as written, which is also what h2's `:authority` says
+/// (an h2 request carries both, and they must not differ). `None` when the authority names the
+/// scheme's default port, which HTTP/1.1's `Host` leaves out and `:authority` keeps: then the
+/// client writes `Host` itself, for HTTP/1.1 only, as it did before.
 fn host_header(target: &Target) -> Option<HeaderValue> {
     let default_port = match target.scheme == Scheme::HTTPS {
         true => 443,
         false => 80,
     };
-    let host = match target.authority.port_u16() {
-        Some(port) if port != default_port => target.authority.as_str(),
-        _ => target.authority.host(),
-    };
-    HeaderValue::from_str(host).ok()
+    if target.authority.port_u16() == Some(default_port) {
+        return None;
+    }
+    HeaderValue::from_str(target.authority.as_str()).ok()
 }
 
 /// One attempt upstream, bounded by `request_timeout` until the response headers arrive.
@@ -388,22 +389,31 @@ mod tests {
     }
 
     #[test]
-    fn host_is_the_authority_without_the_default_port() {
+    fn host_is_the_authority_as_written_unless_it_names_the_default_port() {
         let host = |scheme: Scheme, authority: &'static str| {
             let target = Target {
                 scheme,
                 authority: Authority::from_static(authority),
                 base_path: String::new(),
             };
-            host_header(&target).unwrap()
+            host_header(&target)
         };
-        assert_eq!(host(Scheme::HTTPS, "api.example"), "api.example");
-        assert_eq!(host(Scheme::HTTPS, "api.example:443"), "api.example");
-        assert_eq!(host(Scheme::HTTPS, "api.example:80"), "api.example:80");
-        assert_eq!(host(Scheme::HTTP, "127.0.0.1:80"), "127.0.0.1");
-        assert_eq!(host(Scheme::HTTP, "127.0.0.1:9000"), "127.0.0.1:9000");
-        assert_eq!(host(Scheme::HTTP, "[::1]:9000"), "[::1]:9000");
-        assert_eq!(host(Scheme::HTTPS, "[::1]:443"), "[::1]");
+        assert_eq!(host(Scheme::HTTPS, "api.example").unwrap(), "api.example");
+        assert_eq!(
+            host(Scheme::HTTPS, "api.example:80").unwrap(),
+            "api.example:80"
+        );
+        assert_eq!(
+            host(Scheme::HTTP, "127.0.0.1:9000").unwrap(),
+            "127.0.0.1:9000"
+        );
+        assert_eq!(host(Scheme::HTTP, "[::1]:9000").unwrap(), "[::1]:9000");
+        assert_eq!(host(Scheme::HTTP, "API.Example").unwrap(), "API.Example");
+        // Left to the client: HTTP/1.1 drops the port, h2's `:authority` keeps it.
+        assert_eq!(host(Scheme::HTTPS, "api.example:443"), None);
+        assert_eq!(host(Scheme::HTTPS, "api.example:0443"), None);
+        assert_eq!(host(Scheme::HTTP, "127.0.0.1:80"), None);
+        assert_eq!(host(Scheme::HTTPS, "[::1]:443"), None);
     }
 
     #[test]

@@ -96,7 +96,6 @@ fn capture() -> Capture {
                 .with_max_level(Level::INFO)
                 .with_writer(move || writer.clone())
                 .json()
-                .flatten_event(true)
                 .event_format(JsonLine::default())
                 .init();
             capture

@@ -351,6 +351,9 @@ async fn chunked_trailers_from_an_http1_upstream_reach_h2c_and_http1_apps() {
 #[derive(Clone, Debug)]
 struct Seen {
     version: Version,
+    /// `:authority` and the `host` header, which RFC 9113 forbids to differ.
+    authority: Option<String>,
+    host: Option<String>,
     te: Vec<String>,
     authorization: Option<String>,
     trailers: Option<HeaderMap>,
@@ -399,6 +402,11 @@ async fn grpc_answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
     let version = req.version();
+    let authority = req.uri().authority().map(|a| a.to_string());
+    let host = req
+        .headers()
+        .get("host")
+        .map(|v| v.to_str().unwrap().to_owned());
     let authorization = req
         .headers()
         .get("authorization")
@@ -407,6 +415,8 @@ async fn grpc_answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response
     let collected = body.collect().await.unwrap();
     log.lock().unwrap().push(Seen {
         version,
+        authority,
+        host,
         te: te.clone(),
         authorization,
         trailers: collected.trailers().cloned(),
@@ -485,6 +495,12 @@ async fn te_trailers_reaches_an_h2_upstream_and_trailers_come_back() {
     assert!(seen
         .iter()
         .all(|s| s.authorization.as_deref() == Some("Bearer static-token")));
+    let target = format!("localhost:{}", upstream.port());
+    assert!(
+        seen.iter().all(|s| s.authority.as_deref() == Some(&*target)
+            && s.host.as_deref().is_none_or(|h| h == target)),
+        "{seen:?}"
+    );
     assert_eq!(seen[0].te, ["trailers"]);
     assert!(seen[1..].iter().all(|s| s.te.is_empty()), "{seen:?}");
     let _ = std::fs::remove_dir_all(dir);

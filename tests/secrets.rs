@@ -176,7 +176,6 @@ async fn no_secret_or_token_in_json_logs() {
         .with_max_level(Level::DEBUG)
         .with_writer(move || writer.clone())
         .json()
-        .flatten_event(true)
         .event_format(JsonLine::default())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);

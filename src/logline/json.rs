@@ -4,14 +4,15 @@
 //! open today, are left to that formatter.
 
 use std::fmt::{self, Write as _};
-use std::time::SystemTime;
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Json, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::{Fields, Style};
+use tracing_log::NormalizeEvent;
+
+use super::{timestamp, Fields, Style};
 
 /// `{"timestamp":…,"level":…,<the event's fields>,"target":…}`: strings and `Debug` values as
 /// JSON strings, integers and booleans as themselves.
@@ -43,13 +44,11 @@ where
         if event.parent().is_some() || ctx.lookup_current().is_some() {
             return self.in_span.format_event(ctx, writer, event);
         }
-        let meta = event.metadata();
-        write!(
-            writer,
-            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
-            humantime::format_rfc3339_micros(SystemTime::now()),
-            meta.level()
-        )?;
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        writer.write_str("{\"timestamp\":\"")?;
+        timestamp(&mut writer)?;
+        write!(writer, "\",\"level\":\"{}\"", meta.level())?;
         let mut fields = Fields::new(&mut writer, Style::Json);
         event.record(&mut fields);
         fields.result?;
@@ -89,20 +88,20 @@ impl fmt::Write for Escaped<'_, '_> {
         let mut plain = 0;
         for (i, byte) in s.bytes().enumerate() {
             let short = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0..=0x1f => "",
+                b'"' => Some("\\\""),
+                b'\\' => Some("\\\\"),
+                b'\n' => Some("\\n"),
+                b'\r' => Some("\\r"),
+                b'\t' => Some("\\t"),
+                0x08 => Some("\\b"),
+                0x0c => Some("\\f"),
+                0..=0x1f => None,
                 _ => continue,
             };
             self.0.write_str(&s[plain..i])?;
             match short {
-                "" => write!(self.0, "\\u{byte:04x}")?,
-                short => self.0.write_str(short)?,
+                Some(short) => self.0.write_str(short)?,
+                None => write!(self.0, "\\u{byte:04x}")?,
             }
             plain = i + 1;
         }
@@ -152,13 +151,15 @@ mod tests {
         tracing::error!(huge = f64::NAN, debug = ?("a\\b", 'c'), "odd values");
         let span = tracing::info_span!("reload", generation = 2);
         span.in_scope(|| tracing::info!(ok = true, "applied"));
+        super::super::tests::awkward();
     }
 
     #[test]
     fn the_json_line_is_byte_for_byte_tracing_subscribers() {
         let ours = lines(true, emit);
         assert_eq!(ours, lines(false, emit));
-        assert_eq!(ours.len(), 4);
+        assert_eq!(ours.len(), 9);
+        assert!(ours[8].ends_with(r#","target":"mylog"}"#), "{}", ours[8]);
         let request: Value = serde_json::from_str(&format!("{{\"t\":0{}", ours[0])).unwrap();
         assert_eq!(request["status"], 200);
         assert_eq!(request["method"], "POST");
