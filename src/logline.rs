@@ -70,15 +70,19 @@ where
     }
 }
 
-/// Now, as RFC 3339 with microseconds. humantime writes it at a fraction of the cost of the
-/// default timer, but only for years 1970 to 9999; outside them, the default timer does.
+/// Now, as RFC 3339 with microseconds.
 fn timestamp(w: &mut Writer<'_>) -> fmt::Result {
+    timestamp_at(w, SystemTime::now())
+}
+
+/// humantime writes the time at a fraction of the default timer's cost, but only for the years
+/// 1970 to 9999 (before, it panics); outside them, the default timer does.
+fn timestamp_at(w: &mut Writer<'_>, time: SystemTime) -> fmt::Result {
     /// 10000-01-01T00:00:00Z.
     const YEAR_10000: u64 = 253_402_300_800;
-    let now = SystemTime::now();
-    match now.duration_since(UNIX_EPOCH) {
+    match time.duration_since(UNIX_EPOCH) {
         Ok(since) if since.as_secs() < YEAR_10000 => {
-            write!(w, "{}", humantime::format_rfc3339_micros(now))
+            write!(w, "{}", humantime::format_rfc3339_micros(time))
         }
         _ => tracing_subscriber::fmt::time::SystemTime.format_time(w),
     }
@@ -345,6 +349,27 @@ pub(crate) mod tests {
                 .target("mylog")
                 .build(),
         );
+    }
+
+    #[test]
+    fn times_humantime_cannot_write_go_to_the_default_timer() {
+        let at = |time: SystemTime| {
+            let mut text = String::new();
+            timestamp_at(&mut Writer::new(&mut text), time).unwrap();
+            text
+        };
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(at(UNIX_EPOCH + second), "1970-01-01T00:00:01.000000Z");
+        // The default timer writes the current time, whatever it was given.
+        let is_now = |text: String| {
+            let before = SystemTime::now() - 60 * second;
+            let written = humantime::parse_rfc3339(&text).unwrap();
+            assert!(written >= before && written <= SystemTime::now(), "{text}");
+        };
+        is_now(at(UNIX_EPOCH - second));
+        let year_10000 = UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800);
+        assert_eq!(at(year_10000 - second), "9999-12-31T23:59:59.000000Z");
+        is_now(at(year_10000));
     }
 
     /// Everything after the timestamp, which differs between two runs.

@@ -286,19 +286,25 @@ fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
 }
 
 /// The target's `Host`, written once per upstream rather than formatted by the client for
-/// every request: its authority exactly as written, which is also what h2's `:authority` says
-/// (an h2 request carries both, and they must not differ). `None` when the authority names the
-/// scheme's default port, which HTTP/1.1's `Host` leaves out and `:authority` keeps: then the
-/// client writes `Host` itself, for HTTP/1.1 only, as it did before.
+/// every request. An h2 request carries it beside `:authority` (the authority as written), and
+/// the two must not differ; for HTTP/1.1 it must be what the client would write (the host, and
+/// the port as a number unless it is the scheme's default). So it is `Some` only when the two
+/// agree, which is the common case; otherwise (a default port written out, a port such as
+/// `08080`) the client writes `Host` itself, for HTTP/1.1 only, as it did before.
 fn host_header(target: &Target) -> Option<HeaderValue> {
     let default_port = match target.scheme == Scheme::HTTPS {
         true => 443,
         false => 80,
     };
-    if target.authority.port_u16() == Some(default_port) {
-        return None;
+    let authority = &target.authority;
+    let written = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    match written == authority.as_str() {
+        true => HeaderValue::from_str(&written).ok(),
+        false => None,
     }
-    HeaderValue::from_str(target.authority.as_str()).ok()
 }
 
 /// One attempt upstream, bounded by `request_timeout` until the response headers arrive.
@@ -414,6 +420,15 @@ mod tests {
         assert_eq!(host(Scheme::HTTPS, "api.example:0443"), None);
         assert_eq!(host(Scheme::HTTP, "127.0.0.1:80"), None);
         assert_eq!(host(Scheme::HTTPS, "[::1]:443"), None);
+        // Ports the client would write otherwise than `:authority` says.
+        for odd in [
+            "api.example:08080",
+            "[::1]:09000",
+            "api.example:",
+            "api.example:99999",
+        ] {
+            assert_eq!(host(Scheme::HTTPS, odd), None, "{odd}");
+        }
     }
 
     #[test]
