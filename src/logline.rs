@@ -66,6 +66,10 @@ where
         let mut fields = Fields::new(&mut writer, Style::Text);
         event.record(&mut fields);
         fields.result?;
+        // The default writes `target: ` before the fields, ours ` field` for each.
+        if !fields.any {
+            writer.write_char(' ')?;
+        }
         writer.write_char('\n')
     }
 }
@@ -133,6 +137,8 @@ struct Fields<'w, 'a> {
     writer: &'w mut Writer<'a>,
     style: Style,
     result: fmt::Result,
+    /// Whether any field was written.
+    any: bool,
 }
 
 impl<'w, 'a> Fields<'w, 'a> {
@@ -141,6 +147,7 @@ impl<'w, 'a> Fields<'w, 'a> {
             writer,
             style,
             result: Ok(()),
+            any: false,
         }
     }
 
@@ -169,6 +176,7 @@ impl<'w, 'a> Fields<'w, 'a> {
             return;
         }
         if self.result.is_ok() {
+            self.any = true;
             self.result = self.name(field).and_then(|()| value(self.writer));
         }
     }
@@ -277,11 +285,12 @@ pub(crate) mod tests {
     }
 
     /// The lines `emit` logs, through `format` or (with `None`) the default format.
-    fn lines(plain: bool, emit: impl FnOnce()) -> String {
+    fn lines(plain: bool, sanitize: bool, emit: impl FnOnce()) -> String {
         let buffer = Buffer::default();
         let out = buffer.clone();
         let builder = tracing_subscriber::fmt()
             .with_ansi(false)
+            .with_ansi_sanitization(sanitize)
             .with_writer(move || out.clone());
         match plain {
             true => {
@@ -306,6 +315,7 @@ pub(crate) mod tests {
         );
         let span = tracing::info_span!("reload", generation = 2);
         span.in_scope(|| tracing::info!(ok = true, "applied"));
+        tracing::info!(nothing = tracing::field::Empty);
         awkward();
     }
 
@@ -379,10 +389,13 @@ pub(crate) mod tests {
 
     #[test]
     fn the_plain_line_is_the_default_line_without_colours() {
-        let plain = lines(true, emit);
-        let default = lines(false, emit);
+        let plain = lines(true, true, emit);
+        let default = lines(false, true, emit);
         assert_eq!(untimed(&plain), untimed(&default), "{plain}\n{default}");
-        assert_eq!(untimed(&plain).len(), 9, "{plain}");
+        assert_eq!(untimed(&plain).len(), 10, "{plain}");
+        let raw = lines(true, false, emit);
+        assert_eq!(untimed(&raw), untimed(&lines(false, false, emit)), "{raw}");
+        assert!(raw.contains("esc \x1b[31mred\x07"), "{raw}");
         assert!(
             plain.contains(r"esc \x1b[31mred\x07 del\x7f c1\u{85}"),
             "{plain}"
